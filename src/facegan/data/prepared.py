@@ -1,0 +1,143 @@
+"""Open a prepared dataset and draw batches from it, memory-mapped, without decoding anything."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from facegan.errors import FaceganError
+
+FORMAT = "facegan-dataset"
+FORMAT_VERSION = 1
+MANIFEST = "dataset.json"
+_HASH_BLOCK = 4096  # rows hashed at a time by verify()
+
+
+class PreparedDataset:
+    """A prepared dataset: uint8 images (N, S, S, 3), labels, and the manifest that made them."""
+
+    def __init__(self, path: Path, manifest: dict, images: np.ndarray) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __repr__(self) -> str:
+        return f"PreparedDataset({str(self.path)!r}, {len(self)} images of {self.resolution}x{self.resolution})"
+
+    @property
+    def resolution(self) -> int:
+        """Side of the square images in pixels."""
+        return int(self.images.shape[1])
+
+    @property
+    def attribute_names(self) -> list[str]:
+        """Names of the attribute columns, empty when the source had none."""
+        return list(self.manifest.get("attribute_names", []))
+
+    @cached_property
+    def attributes(self) -> np.ndarray | None:
+        """Bool (N, K) attributes, or None when the source had none."""
+        return self.label("attributes")
+
+    def label(self, key: str) -> np.ndarray | None:
+        """One of the per-image label arrays (attributes, partition, identity, landmarks, bbox)."""
+        if key not in self.manifest.get("labels", []):
+            return None
+        values = np.load(self.path / f"{key}.npy", mmap_mode="r")
+        if len(values) != len(self):
+            raise FaceganError(f"{self.path / (key + '.npy')} has {len(values)} rows for {len(self)} images; prepare the dataset again.")
+        return values
+
+    def attribute(self, name: str) -> np.ndarray:
+        """The bool column of one attribute, by its CelebA name."""
+        if name not in self.attribute_names:
+            raise FaceganError(f"{self.path} has no attribute {name!r}; it has {', '.join(self.attribute_names) or 'none'}.")
+        return np.asarray(self.attributes[:, self.attribute_names.index(name)])
+
+    def filenames(self) -> list[str]:
+        """The source file of each image, in order."""
+        return (self.path / "filenames.txt").read_text(encoding="utf-8").splitlines()
+
+    def take(self, indices: np.ndarray) -> np.ndarray:
+        """Images at `indices`, as a uint8 (len(indices), S, S, 3) array in memory."""
+        return np.take(self.images, indices, axis=0)
+
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        epoch: int = 0,
+        drop_last: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        with_attributes: bool = False,
+    ) -> Iterator[np.ndarray] | Iterator[tuple[np.ndarray, np.ndarray]]:
+        """One epoch of batches; each (epoch, rank) draws its own disjoint share of a shuffled order."""
+        if batch_size <= 0:
+            raise FaceganError(f"batch size must be positive, not {batch_size}.")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside a world of {world_size}")
+        if with_attributes and self.attributes is None:
+            raise FaceganError(f"{self.path} has no attributes; prepare it from a source that has them.")
+        order = np.random.default_rng([seed, epoch]).permutation(len(self)) if shuffle else np.arange(len(self))
+        order = order[rank::world_size]
+        stop = len(order) - len(order) % batch_size if drop_last else len(order)
+        for start in range(0, stop, batch_size):
+            # Sorted indices read the memory map front to back; the batch is a set, so no bias.
+            indices = np.sort(order[start : start + batch_size])
+            images = self.take(indices)
+            yield (images, np.asarray(self.attributes[indices])) if with_attributes else images
+
+    def verify(self) -> None:
+        """Recompute the content hash and compare it with the manifest's."""
+        digest = hashlib.sha256()
+        for start in range(0, len(self), _HASH_BLOCK):
+            digest.update(np.ascontiguousarray(self.images[start : start + _HASH_BLOCK]).tobytes())
+        if self.attributes is not None:
+            digest.update(np.ascontiguousarray(self.attributes).tobytes())
+            digest.update("\n".join(self.attribute_names).encode())
+        if "sha256:" + digest.hexdigest() != self.manifest.get("content_hash"):
+            raise FaceganError(f"{self.path} does not match its content hash: it changed since it was prepared; prepare it again.")
+
+
+def open_prepared(path: str | os.PathLike) -> PreparedDataset:
+    """Open a directory written by `facegan prepare`, checking that it is complete and consistent."""
+    path = Path(path).expanduser()
+    hint = f"run `facegan prepare SOURCE --out {path}` first"
+    if not path.is_dir():
+        raise FaceganError(f"{path} is not a prepared dataset (no such directory); {hint}.")
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FaceganError(f"{path} is not a prepared dataset (it has no {MANIFEST}); {hint}.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise FaceganError(f"{path / MANIFEST} is damaged (not JSON); prepare the dataset again.") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise FaceganError(f"{path / MANIFEST} is not a facegan dataset manifest; {hint}.")
+    if manifest.get("version") != FORMAT_VERSION:
+        raise FaceganError(
+            f"{path} was prepared in dataset format {manifest.get('version')}, this facegan reads "
+            f"format {FORMAT_VERSION}; prepare it again."
+        )
+    try:
+        images = np.load(path / "images.npy", mmap_mode="r")
+    except (FileNotFoundError, ValueError, OSError) as error:
+        raise FaceganError(f"{path / 'images.npy'} is missing or damaged ({error}); prepare the dataset again.") from None
+    expected = (manifest.get("count"), manifest.get("size"), manifest.get("size"), 3)
+    if images.dtype != np.uint8 or images.shape != expected:
+        raise FaceganError(
+            f"{path / 'images.npy'} holds {images.dtype} {images.shape}, the manifest says uint8 {expected}; "
+            "prepare the dataset again."
+        )
+    return PreparedDataset(path, manifest, images)

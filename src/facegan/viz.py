@@ -1,0 +1,39 @@
+"""Pictures from arrays: image grids and PNG writing (Pillow, no torchvision)."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def make_grid(
+    images: np.ndarray, nrow: int | None = None, padding: int = 2, pad_value: int = 255
+) -> np.ndarray:
+    """Tile uint8 images (N, H, W, 3) into one (rows*H', cols*W', 3) uint8 picture."""
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ValueError(f"expected uint8 images of shape (N, H, W, 3), got {images.dtype} {images.shape}")
+    n, h, w, _ = images.shape
+    cols = nrow or max(1, math.ceil(math.sqrt(n)))
+    rows = max(1, math.ceil(n / cols))
+    cell_h, cell_w = h + padding, w + padding
+    grid = np.full((rows * cell_h + padding, cols * cell_w + padding, 3), pad_value, np.uint8)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        top, left = padding + r * cell_h, padding + c * cell_w
+        grid[top : top + h, left : left + w] = images[i]
+    return grid
+
+
+def save_png(image: np.ndarray, path: str | os.PathLike, scale: int = 1) -> Path:
+    """Write a uint8 (H, W, 3) array as PNG, optionally enlarged by nearest-neighbour `scale`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    picture = Image.fromarray(image)
+    if scale != 1:
+        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    picture.save(path)
+    return path

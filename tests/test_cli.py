@@ -1,0 +1,130 @@
+"""The `facegan` command as a user types it: exit codes, one-sentence errors, no tracebacks."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+import facegan.data.download as download
+from conftest import make_zip
+from facegan.cli import main
+from facegan.data import open_prepared
+
+
+def run(argv: list[str], capsys) -> tuple[int, str, str]:
+    try:
+        code = main(argv)
+    except SystemExit as exit:  # argparse's own usage errors
+        code = exit.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_prepare_synthetic_then_info(tmp_path, capsys):
+    code, _, err = run(["prepare", "synthetic", "--count", "200", "--out", str(tmp_path / "s"), "--quiet"], capsys)
+    assert code == 0, err
+    dataset = open_prepared(tmp_path / "s")
+    assert len(dataset) == 200 and dataset.attributes.shape[0] == 200
+    code, out, _ = run(["info", str(tmp_path / "s"), "--verify"], capsys)
+    assert code == 0 and json.loads(out[: out.rindex("}") + 1])["count"] == 200
+    assert "content hash verified" in out
+
+
+def test_prepare_a_celeba_folder(tmp_path, capsys, official_subset):
+    code, _, err = run(["prepare", str(official_subset), "--out", str(tmp_path / "c"), "--size", "32"], capsys)
+    assert code == 0, err
+    assert "prepared 120 images of 32x32" in err
+    assert open_prepared(tmp_path / "c").images.shape == (120, 32, 32, 3)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["prepare", "{tmp}/nowhere", "--out", "{tmp}/o"], "does not exist"),
+        (["prepare", "celeba", "--out", "{tmp}/o"], "CelebA is not on disk: pass --download DIR"),
+        (["prepare", "{tmp}", "--out", "{tmp}/o", "--download", "{tmp}/d"], "--download works with the source `celeba` only"),
+        (["info", "{tmp}"], "is not a prepared dataset"),
+    ],
+)
+def test_user_errors_are_one_line_without_traceback(tmp_path, capsys, argv, message):
+    code, _, err = run([a.replace("{tmp}", str(tmp_path)) for a in argv], capsys)
+    assert code == 1
+    assert err.startswith("facegan: error: ") and message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [["prepare", "synthetic", "--out", "o", "--count", "-3"],
+                                  ["prepare", "synthetic", "--out", "o", "--size", "big"],
+                                  ["prepare", "synthetic", "--out", "o", "--split", "holdout"],
+                                  ["prepare", "synthetic"]])
+def test_bad_arguments_are_usage_errors(capsys, argv):
+    code, _, err = run(argv, capsys)
+    assert code == 2 and "error:" in err and "Traceback" not in err
+
+
+def test_the_console_script_is_installed(tmp_path):
+    result = subprocess.run(["facegan", "prepare", "synthetic", "--count", "64", "--out", str(tmp_path / "s"), "--quiet"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert len(open_prepared(tmp_path / "s")) == 64
+
+
+@pytest.fixture
+def celeba_server(tmp_path, celeba_dir, subset_names):
+    """A 127.0.0.1 HTTP server serving a zip built from the sample plus the annotation files."""
+    served = make_zip(tmp_path / "served", celeba_dir, subset_names[:40])
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    files = tuple(
+        download.RemoteFile(path.name, hashlib.md5(path.read_bytes()).hexdigest(), path.stat().st_size)
+        for path in sorted(served.iterdir())
+    )
+    yield f"http://127.0.0.1:{server.server_address[1]}", files
+    server.shutdown()
+    server.server_close()
+
+
+def test_prepare_celeba_download_end_to_end(tmp_path, capsys, monkeypatch, celeba_server):
+    mirror, files = celeba_server
+    # The real checksums are the official release's; this server serves a 40-image zip.
+    monkeypatch.setattr(download, "download_celeba", functools.partial(download.download_celeba, files=files, backoff=0))
+    argv = ["prepare", "celeba", "--download", str(tmp_path / "dl"), "--mirror", mirror, "--out", str(tmp_path / "c"), "--quiet"]
+    code, _, err = run(argv, capsys)
+    assert code == 0, err
+    dataset = open_prepared(tmp_path / "c")
+    assert len(dataset) == 40 and dataset.manifest["layout"] == "official-zip"
+    assert len(dataset.attribute_names) == 40
+
+
+def test_prepare_celeba_download_offline_says_where_to_put_files(tmp_path, capsys):
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    argv = ["prepare", "celeba", "--download", str(tmp_path / "dl"), "--mirror", f"http://127.0.0.1:{port}",
+            "--out", str(tmp_path / "c"), "--quiet"]
+    env_backup = os.environ.pop(download.MIRROR_ENV, None)
+    try:
+        code, _, err = run(argv, capsys)
+    finally:
+        if env_backup is not None:
+            os.environ[download.MIRROR_ENV] = env_backup
+    assert code == 1 and "Traceback" not in err
+    assert str(tmp_path / "dl") in err and "img_align_celeba.zip" in err and "facegan prepare" in err
+
+
+def test_module_entry_point(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "facegan.cli", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith("facegan ")
