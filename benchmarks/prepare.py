@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -44,14 +43,23 @@ def build_tree(root: Path, count: int) -> Path:
     return root
 
 
+# Runs `facegan prepare` and prints the peak RSS (KiB) of itself and of its worker processes.
+_MEASURED = (
+    "import resource, sys\n"
+    "from facegan.cli import main\n"
+    "code = main(sys.argv[1:])\n"
+    "usage = [resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]\n"
+    "print(max(usage))\n"
+    "sys.exit(code)\n"
+)
+
+
 def run_prepare(args: list[str]) -> tuple[float, float]:
     """Seconds and peak RSS (MiB, largest process) of one `facegan prepare` run."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "facegan.cli", "prepare", *args, "--quiet"], check=True)
-    seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return seconds, max(peak, before) / 1024
+    result = subprocess.run([sys.executable, "-c", _MEASURED, "prepare", *args, "--quiet"],
+                            check=True, capture_output=True, text=True)
+    return time.perf_counter() - start, int(result.stdout.split()[-1]) / 1024
 
 
 def plain_loop(files: list[Path]) -> float:
@@ -105,7 +113,8 @@ def main() -> None:
 
         render_faces(0, 0, 256)  # warm up
         start = time.perf_counter()
-        render_faces(0, 0, 4096)
+        for first in range(0, 4096, 1024):  # the chunk size prepare's workers use
+            render_faces(0, first, 1024)
         single = 4096 / (time.perf_counter() - start)
         seconds, peak = run_prepare(["synthetic", "--count", str(args.faces), "--out", str(work / "s64")])
         rows.append(("synthetic faces 64x64", f"{args.faces:,}", seconds, args.faces / seconds, single, TARGETS["synthetic"], peak))

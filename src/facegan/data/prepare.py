@@ -40,7 +40,8 @@ from facegan.errors import FaceganError
 SIZES = range(8, 1025)
 SYNTHETIC = "synthetic"
 _HEADER_BYTES = 128  # fixed .npy header, so the final row count can be patched in place
-_CHUNK = 64  # images per worker task: large enough to amortise IPC, small enough to stream
+_DECODE_CHUNK = 64  # files per worker task: amortises IPC, keeps the stream fine-grained
+_RENDER_CHUNK = 1024  # synthetic faces per task: rendering is vectorised, 1024 runs ~1.6x faster than 64
 
 
 # ----------------------------------------------------------------------------- planning
@@ -130,7 +131,8 @@ def _run_chunks(
     work: Callable, plan: Plan, options: DecodeOptions, workers: int
 ) -> Iterator[tuple]:
     """Results of `work` over the plan's chunks, in order, from a pool when it pays."""
-    tasks = [(start, min(start + _CHUNK, len(plan))) for start in range(0, len(plan), _CHUNK)]
+    chunk = _RENDER_CHUNK if plan.kind == "synthetic" else _DECODE_CHUNK
+    tasks = [(start, min(start + chunk, len(plan))) for start in range(0, len(plan), chunk)]
     if workers <= 1 or len(tasks) <= 2:
         _init_worker(plan, options)
         yield from map(work, tasks)
