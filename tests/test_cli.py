@@ -35,6 +35,7 @@ def test_prepare_synthetic_then_info(tmp_path, capsys):
     assert code == 0, err
     dataset = open_prepared(tmp_path / "s")
     assert len(dataset) == 200 and dataset.attributes.shape[0] == 200
+    assert dataset.manifest["renderer"] == "facegan.data.synthetic" and dataset.manifest["crop"] is None
     code, out, _ = run(["info", str(tmp_path / "s"), "--verify"], capsys)
     assert code == 0 and json.loads(out[: out.rindex("}") + 1])["count"] == 200
     assert "content hash verified" in out

@@ -327,8 +327,8 @@ def _write(plan: Plan, options: DecodeOptions, directory: Path, workers: int, pr
         "seconds": round(time.perf_counter() - started, 2),
         "facegan_version": _version(),
     }
-    if plan.kind == "synthetic":
-        manifest["seed"] = plan.seed
+    if plan.kind == "synthetic":  # rendered at the output size: nothing was cropped or resized
+        manifest.update(seed=plan.seed, renderer="facegan.data.synthetic", crop=None, resize_filter=None, jpeg_draft=None)
     with open(directory / MANIFEST, "w", encoding="utf-8") as stream:
         json.dump(manifest, stream, indent=1)
         stream.flush()
