@@ -129,3 +129,55 @@ def test_prepare_celeba_download_offline_says_where_to_put_files(tmp_path, capsy
 def test_module_entry_point(tmp_path):
     result = subprocess.run([sys.executable, "-m", "facegan.cli", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("facegan ")
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    from facegan.data.prepare import prepare
+
+    return prepare("synthetic", tmp_path_factory.mktemp("d") / "s32", count=64, size=32, progress=False)
+
+
+TINY_TRAIN = ["--batch-size", "16", "--g-width", "8", "--d-width", "8", "--device", "cpu", "--quiet"]
+
+
+def test_train_resume_and_sample(tmp_path, capsys, tiny_data):
+    runs = str(tmp_path / "runs")
+    code, _, err = run(["train", "--data", str(tiny_data), "--epochs", "1", "--runs-dir", runs, *TINY_TRAIN], capsys)
+    assert code == 0, err
+    run_dir = tmp_path / "runs" / "00001-dcgan"
+    code, _, err = run(["train", "--resume", str(run_dir), "--epochs", "2", "--quiet"], capsys)
+    assert code == 0, err
+    assert (run_dir / "checkpoints" / "epoch-0002.pt").exists()
+    code, _, err = run(["sample", str(run_dir), "-n", "4", "--seed", "7", "--out", str(tmp_path / "faces.png"), "--quiet"], capsys)
+    assert code == 0 and (tmp_path / "faces.png").exists(), err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--lr", "-0.001"], "lr-g must be a positive number"),
+        (["train", "--preset", "stylegan9"], "unknown preset 'stylegan9'"),
+        (["train", "--data", "{tmp}/photos"], "is not a prepared dataset"),
+        (["train", "--device", "tpu"], "device must be auto"),
+        (["train", "--beta1", "1.5"], "betas must be two numbers in [0, 1)"),
+        (["train", "--resume", "{tmp}"], "is not a facegan run directory"),
+        (["sample", "{tmp}/runs/nothing", "--out", "{tmp}/x.png"], "does not exist"),
+    ],
+)
+def test_train_and_sample_errors_are_one_line(tmp_path, capsys, argv, message):
+    code, _, err = run([a.replace("{tmp}", str(tmp_path)) for a in argv], capsys)
+    assert code == 1, err
+    assert err.startswith("facegan: error: ") and message in err and err.count("\n") == 1
+
+
+def test_batch_size_zero_is_a_usage_error(capsys):
+    code, _, err = run(["train", "--batch-size", "0"], capsys)
+    assert code == 2 and "expected a positive number" in err
+
+
+def test_resume_with_an_incompatible_configuration(tmp_path, capsys, tiny_data):
+    runs = str(tmp_path / "runs")
+    assert run(["train", "--data", str(tiny_data), "--epochs", "1", "--runs-dir", runs, *TINY_TRAIN], capsys)[0] == 0
+    code, _, err = run(["train", "--resume", f"{runs}/00001-dcgan", "--latent-dim", "128", "--quiet"], capsys)
+    assert code == 1 and "cannot resume" in err and "latent_dim" in err

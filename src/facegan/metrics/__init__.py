@@ -1,0 +1,1 @@
+"""Quality measures of generated images."""
