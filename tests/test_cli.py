@@ -181,3 +181,16 @@ def test_resume_with_an_incompatible_configuration(tmp_path, capsys, tiny_data):
     assert run(["train", "--data", str(tiny_data), "--epochs", "1", "--runs-dir", runs, *TINY_TRAIN], capsys)[0] == 0
     code, _, err = run(["train", "--resume", f"{runs}/00001-dcgan", "--latent-dim", "128", "--quiet"], capsys)
     assert code == 1 and "cannot resume" in err and "latent_dim" in err
+
+
+def test_a_relative_data_path_resumes_from_another_directory(tmp_path, capsys, tiny_data, monkeypatch):
+    import shutil
+
+    shutil.copytree(tiny_data, tmp_path / "work" / "data" / "s32")
+    monkeypatch.chdir(tmp_path / "work")
+    assert run(["train", "--data", "data/s32", "--epochs", "1", *TINY_TRAIN], capsys)[0] == 0
+    run_dir = tmp_path / "work" / "runs" / "00001-dcgan"
+    assert json.loads((run_dir / "config.json").read_text())["data"] == str(tmp_path / "work" / "data" / "s32")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(["train", "--resume", str(run_dir), "--epochs", "2", "--data", "work/data/s32", "--quiet"], capsys)
+    assert code == 0, err

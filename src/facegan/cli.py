@@ -160,6 +160,8 @@ def run_train(args: argparse.Namespace) -> None:
     from facegan.train.loop import resume_config, train
 
     overrides = {key: getattr(args, key) for key in _TRAIN_KEYS}
+    if args.data is not None:  # absolute, so a run resumes from any directory and compares equal
+        overrides["data"] = str(Path(args.data).expanduser().resolve())
     if args.lr is not None:
         overrides["lr_g"] = overrides["lr_g"] if overrides["lr_g"] is not None else args.lr
         overrides["lr_d"] = overrides["lr_d"] if overrides["lr_d"] is not None else args.lr

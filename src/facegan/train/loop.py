@@ -214,6 +214,8 @@ def train(
     if resume is not None:
         run_dir = Path(resume)
         checkpoint = _checkpoint_to_resume(run_dir, config)
+    elif config.data is not None:
+        config.data = str(Path(config.data).expanduser().resolve())  # config.json must work from anywhere
     dataset = open_training_data(config, progress and is_main)
     if config.resolution is not None and config.resolution != dataset.resolution:
         raise FaceganError(
