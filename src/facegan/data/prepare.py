@@ -12,6 +12,8 @@ and can simply be run again.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import errno
 import hashlib
 import json
@@ -23,6 +25,7 @@ import time
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -139,8 +142,19 @@ def _run_chunks(
         return
     # fork starts workers in milliseconds; elsewhere spawn is the only safe choice.
     context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
-    with context.Pool(workers, initializer=_init_worker, initargs=(plan, options)) as pool:
-        yield from pool.imap(work, tasks)
+    executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(plan, options))
+    pending: collections.deque = collections.deque()
+    try:
+        for task in tasks:
+            pending.append(executor.submit(work, task))
+            if len(pending) >= 2 * workers:  # a bounded window: memory stays flat, workers stay busy
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        # On failure, cancel what has not started and let the running chunks finish (milliseconds):
+        # killing workers mid-task, as Pool.terminate() does, can deadlock on its queue locks.
+        executor.shutdown(wait=True, cancel_futures=True)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -271,9 +285,12 @@ def _write(plan: Plan, options: DecodeOptions, directory: Path, workers: int, pr
     work = _render_chunk if plan.kind == "synthetic" else _decode_chunk
     written = 0
     bar = tqdm(total=len(plan), unit="img", desc="prepare", disable=not progress, dynamic_ncols=True)
-    with open(directory / "images.npy", "wb") as stream:
+    # closing(): on any failure the workers are shut down here and now, not whenever the garbage
+    # collector finalises the generator (possibly on another thread).
+    results = _run_chunks(work, plan, options, workers)
+    with open(directory / "images.npy", "wb") as stream, contextlib.closing(results):
         stream.write(npy_header((len(plan), size, size, 3)))
-        for kept, images, failures, extra in _run_chunks(work, plan, options, workers):
+        for kept, images, failures, extra in results:
             data = np.ascontiguousarray(images).tobytes()
             stream.write(data)
             digest.update(data)
