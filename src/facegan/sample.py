@@ -48,14 +48,14 @@ def sample(
     """Write `count` generated images: one grid if `out` ends in .png, else one PNG per image in folder `out`."""
     if count <= 0:
         raise FaceganError(f"-n must be a positive number of images, not {count}.")
-    torch_device = resolve_device(device)
-    generator, config = load_generator(source, torch_device)
     out = Path(out)
     if out.suffix.lower() == ".png":
-        images = generate(generator, latents(count, config.latent_dim, seed, torch_device), batch_size)
+        images = sample_array(source, count, seed=seed, device=device, batch_size=batch_size)
         return viz.save_png(viz.make_grid(images, nrow=min(count, max(1, round(math.sqrt(count))))), out)
     if out.exists() and not out.is_dir():
         raise FaceganError(f"{out} is a file; give a folder for one PNG per image, or a name ending in .png for a grid.")
+    torch_device = resolve_device(device)
+    generator, config = load_generator(source, torch_device)
     out.mkdir(parents=True, exist_ok=True)
     z = latents(count, config.latent_dim, seed, torch_device)
     width = max(6, len(str(count - 1)))
@@ -67,8 +67,8 @@ def sample(
     return out
 
 
-def sample_array(source: str | Path, count: int, *, seed: int = 0, device: str = "auto") -> np.ndarray:
+def sample_array(source: str | Path, count: int, *, seed: int = 0, device: str = "auto", batch_size: int = 256) -> np.ndarray:
     """`count` generated images as uint8 (N, H, W, 3), for measuring in memory."""
     torch_device = resolve_device(device)
     generator, config = load_generator(source, torch_device)
-    return generate(generator, latents(count, config.latent_dim, seed, torch_device))
+    return generate(generator, latents(count, config.latent_dim, seed, torch_device), batch_size)

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from facegan import __version__
 from facegan.data import synthetic
 from facegan.data.celeba import DEFAULT_CROP, SPLITS, detect_celeba, plan_celeba
 from facegan.data.folder import plan_folder
@@ -342,7 +343,7 @@ def _write(plan: Plan, options: DecodeOptions, directory: Path, workers: int, pr
         "skipped": skipped,
         **plan.info,
         "seconds": round(time.perf_counter() - started, 2),
-        "facegan_version": _version(),
+        "facegan_version": __version__,
     }
     if plan.kind == "synthetic":  # rendered at the output size: nothing was cropped or resized
         manifest.update(seed=plan.seed, renderer="facegan.data.synthetic", crop=None, resize_filter=None, jpeg_draft=None)
@@ -360,9 +361,3 @@ def _crop_record(options: DecodeOptions, source_sizes: set[tuple[int, int]]) -> 
         record["source_size"] = [width, height]
         record["box"] = list(centre_box(width, height, options.crop))
     return record
-
-
-def _version() -> str:
-    from facegan import __version__
-
-    return __version__
