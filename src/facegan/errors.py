@@ -1,5 +1,13 @@
-"""The one exception type for mistakes a user can fix."""
+"""The exception type for mistakes a user can fix, and the clean stop on a signal."""
 
 
 class FaceganError(Exception):
     """A problem the user caused and can fix; the CLI prints it as one sentence, no traceback."""
+
+
+class Interrupted(FaceganError):
+    """Training stopped by SIGTERM or SIGINT after writing a checkpoint; the CLI exits with 128 + the signal number."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum

@@ -29,11 +29,20 @@ def make_grid(
 
 
 def save_png(image: np.ndarray, path: str | os.PathLike, scale: int = 1) -> Path:
-    """Write a uint8 (H, W, 3) array as PNG, optionally enlarged by nearest-neighbour `scale`."""
+    """Write a uint8 (H, W, 3) array as PNG, optionally enlarged by nearest-neighbour `scale`.
+
+    Written to a temporary file and renamed, so a killed process or a full disk never leaves a
+    half-written PNG under the final name.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     picture = Image.fromarray(image)
     if scale != 1:
         picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
-    picture.save(path)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        picture.save(temporary, format="PNG")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
     return path

@@ -149,5 +149,5 @@ def test_bad_sources_are_one_sentence(tmp_path):
 
 def test_an_output_that_is_a_file_is_refused(tmp_path, faces):
     (tmp_path / "taken").write_text("x")
-    with pytest.raises(FaceganError, match="already holds something"):
+    with pytest.raises(FaceganError, match="is a file; --out must name a directory"):
         prepare(str(faces), tmp_path / "taken", progress=False)

@@ -137,3 +137,16 @@ def test_damaged_datasets_are_refused_in_one_sentence(tmp_path, dataset_dir, cha
 def test_a_path_that_is_not_a_dataset(tmp_path):
     with pytest.raises(FaceganError, match="no such directory"):
         open_prepared(tmp_path / "nowhere")
+
+
+def test_a_subset_is_a_prepared_dataset_of_its_own(dataset_dir, tmp_path):
+    from facegan.data.prepared import write_subset
+
+    dataset = open_prepared(dataset_dir)
+    held_out = write_subset(dataset, np.arange(90, 100), tmp_path / "held-out")
+    assert len(held_out) == 10 and rows_of(held_out.images[:]) == list(range(90, 100))
+    held_out.verify()  # its own content hash, recomputed
+    assert held_out.manifest["content_hash"] != dataset.manifest["content_hash"]
+    assert held_out.manifest["subset_of"] == {"path": str(dataset.path), "content_hash": dataset.manifest["content_hash"],
+                                              "count": 100}
+    assert held_out.filenames() == [dataset.filenames()[i] for i in range(90, 100)]

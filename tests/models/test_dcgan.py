@@ -53,3 +53,44 @@ def test_bad_resolution_and_latent_shape():
     G, _ = build_models("dcgan", 100, 8, 8, 32)
     with pytest.raises(AssertionError):
         G(torch.randn(2, 64))
+
+
+def test_default_options_build_exactly_the_seed_models():
+    torch.manual_seed(0)
+    default = build_models("dcgan", 100, 8, 8, 32)
+    torch.manual_seed(0)
+    explicit = build_models("dcgan", 100, 8, 8, 32, d_norm="batch", spectral_norm=False)
+    for a, b in zip(default, explicit):
+        assert list(a.state_dict()) == list(b.state_dict())
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert [name for name, _ in default[1].named_parameters()] == [
+        "main.0.weight", "main.2.weight", "main.3.weight", "main.3.bias", "main.5.weight", "main.6.weight",
+        "main.6.bias", "main.8.weight",
+    ]
+
+
+@pytest.mark.parametrize("norm, layer", [("none", None), ("layer", nn.GroupNorm), ("batch", nn.BatchNorm2d)])
+def test_discriminator_norm_options(norm, layer):
+    _, D = build_models("dcgan", 100, 8, 8, 32, d_norm=norm)
+    norms = [m for m in D.modules() if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm))]
+    assert len(norms) == (0 if layer is None else 2) and all(isinstance(m, layer) for m in norms)
+    convs = [m for m in D.modules() if isinstance(m, nn.Conv2d)]
+    assert all((c.bias is not None) == (norm == "none") for c in convs)  # biases only where nothing else shifts
+    # Without batch statistics each image's logit is its own: it does not change with its batch-mates.
+    x = torch.randn(4, 3, 32, 32)
+    if norm != "batch":
+        torch.testing.assert_close(D(x)[:2], D(x[:2]))
+    with pytest.raises(ValueError, match="norm must be one of"):
+        dcgan.Discriminator(8, 32, norm="instance")
+
+
+def test_spectral_norm_option_wraps_every_discriminator_convolution_after_init():
+    torch.manual_seed(0)
+    _, D = build_models("dcgan", 100, 8, 8, 32, d_norm="none", spectral_norm=True)
+    convs = [m for m in D.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 4 and all(hasattr(c, "parametrizations") for c in convs)
+    # The paper's N(0, 0.02) initialisation reached the underlying weights, not a temporary.
+    originals = torch.cat([c.parametrizations.weight.original.flatten() for c in convs])
+    assert originals.std().item() == pytest.approx(0.02, rel=0.1)
+    D(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert all(c.parametrizations.weight.original.grad is not None for c in convs)

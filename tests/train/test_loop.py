@@ -61,7 +61,7 @@ def assert_identical(a: Path, b: Path) -> None:
 
 def test_to_model_input_maps_uint8_to_minus_one_one():
     batch = np.array([[[[0, 127, 255]]]], dtype=np.uint8)
-    tensor = to_model_input(batch, torch.device("cpu"))
+    tensor = to_model_input(torch.from_numpy(batch))
     assert tensor.shape == (1, 3, 1, 1) and tensor.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(tensor.flatten(), torch.tensor([-1.0, 127 / 127.5 - 1, 1.0]))
 
@@ -72,7 +72,7 @@ def test_one_training_step_updates_both_networks():
     before_g = [p.clone() for p in state.generator.parameters()]
     before_d = [p.clone() for p in state.discriminator.parameters()]
     reals = torch.rand(16, 3, 32, 32) * 2 - 1
-    out = train_step(state, reals, "bce", config.latent_dim)
+    out = train_step(state, reals, config)
     assert torch.isfinite(out["loss_d"]) and torch.isfinite(out["loss_g"])
     # At initialisation D is unsure: both losses are near log(4) and log(2).
     assert out["loss_d"].item() == pytest.approx(np.log(4), abs=0.3)
@@ -137,7 +137,7 @@ def test_resume_refuses_another_checkpoint_format(tmp_path, data32):
     run = train(tiny(tmp_path, data32, epochs=1), progress=False)
     state = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
     state["version"] = 99
-    torch.save(state, run / "checkpoints" / "latest.pt")
+    save_checkpoint(state, run / "checkpoints" / "latest.pt")  # as another facegan version would, with its hash
     with pytest.raises(FaceganError, match="checkpoint of format 99"):
         train(resume_config(run, {"epochs": 2}), resume=run, progress=False)
 
@@ -168,7 +168,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch)
         save_checkpoint({"step": 2, "weights": torch.zeros(3)}, path)
     monkeypatch.undo()
     assert load_checkpoint(path)["step"] == 1
-    assert sorted(p.name for p in path.parent.iterdir()) == ["latest.pt"]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["latest.pt", "latest.pt.sha256"]
 
 
 def test_a_truncated_checkpoint_is_refused(tmp_path):
@@ -208,7 +208,7 @@ def test_only_rank_zero_writes_and_each_rank_draws_its_share(tmp_path, data32, m
 
     drawn = []
     original = loop.to_model_input
-    monkeypatch.setattr(loop, "to_model_input", lambda batch, device: drawn.append(batch.copy()) or original(batch, device))
+    monkeypatch.setattr(loop, "to_model_input", lambda batch: drawn.append(batch.numpy().copy()) or original(batch))
     result = train(tiny(tmp_path, data32, epochs=1), progress=False, rank=1, world_size=2)
     assert result is None and not (tmp_path / "runs").exists()
     assert len(drawn) == 3  # 96 images / 2 ranks / batches of 16

@@ -225,11 +225,11 @@ def prepare(
 ) -> Path:
     """Prepare `source` (a CelebA copy, an image folder or zip, or "synthetic") into `out`."""
     out = Path(out).expanduser().absolute()
+    if out.exists() and not out.is_dir():
+        raise FaceganError(f"{out} is a file; --out must name a directory.")
     if out.exists() and not force:
         what = "a prepared dataset" if (out / MANIFEST).exists() else "something"
         raise FaceganError(f"{out} already holds {what}; pass --force to replace it or choose another --out.")
-    if out.exists() and not out.is_dir():
-        raise FaceganError(f"{out} is a file; --out must name a directory.")
     plan, options = make_plan(source, split=split, size=size, crop=crop, filter=filter,
                               jpeg_draft=jpeg_draft, count=count, seed=seed)
     if len(plan) == 0:

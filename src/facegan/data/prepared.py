@@ -71,6 +71,28 @@ class PreparedDataset:
         """Images at `indices`, as a uint8 (len(indices), S, S, 3) array in memory."""
         return np.take(self.images, indices, axis=0)
 
+    def epoch_indices(
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        epoch: int = 0,
+        drop_last: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> list[np.ndarray]:
+        """The image indices of each batch of one epoch; each (epoch, rank) gets its own disjoint share."""
+        if batch_size <= 0:
+            raise FaceganError(f"batch size must be positive, not {batch_size}.")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside a world of {world_size}")
+        order = np.random.default_rng([seed, epoch]).permutation(len(self)) if shuffle else np.arange(len(self))
+        order = order[rank::world_size]
+        stop = len(order) - len(order) % batch_size if drop_last else len(order)
+        # Sorted indices read the memory map front to back; the batch is a set, so no bias.
+        return [np.sort(order[start : start + batch_size]) for start in range(0, stop, batch_size)]
+
     def batches(
         self,
         batch_size: int,
@@ -83,38 +105,63 @@ class PreparedDataset:
         world_size: int = 1,
         with_attributes: bool = False,
     ) -> Iterator[np.ndarray] | Iterator[tuple[np.ndarray, np.ndarray]]:
-        """One epoch of batches; each (epoch, rank) draws its own disjoint share of a shuffled order."""
-        if batch_size <= 0:
-            raise FaceganError(f"batch size must be positive, not {batch_size}.")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside a world of {world_size}")
+        """One epoch of batches of uint8 images (and attributes), in the order of epoch_indices()."""
         if with_attributes and self.attributes is None:
             raise FaceganError(f"{self.path} has no attributes; prepare it from a source that has them.")
-        order = np.random.default_rng([seed, epoch]).permutation(len(self)) if shuffle else np.arange(len(self))
-        order = order[rank::world_size]
-        stop = len(order) - len(order) % batch_size if drop_last else len(order)
-        for start in range(0, stop, batch_size):
-            # Sorted indices read the memory map front to back; the batch is a set, so no bias.
-            indices = np.sort(order[start : start + batch_size])
+        for indices in self.epoch_indices(batch_size, shuffle=shuffle, seed=seed, epoch=epoch, drop_last=drop_last,
+                                          rank=rank, world_size=world_size):
             images = self.take(indices)
             yield (images, np.asarray(self.attributes[indices])) if with_attributes else images
 
     def verify(self) -> None:
         """Recompute the content hash and compare it with the manifest's."""
-        digest = hashlib.sha256()
-        for start in range(0, len(self), _HASH_BLOCK):
-            digest.update(np.ascontiguousarray(self.images[start : start + _HASH_BLOCK]).tobytes())
-        if self.attributes is not None:
-            digest.update(np.ascontiguousarray(self.attributes).tobytes())
-            digest.update("\n".join(self.attribute_names).encode())
-        if "sha256:" + digest.hexdigest() != self.manifest.get("content_hash"):
+        if content_hash(self.images, self.attributes, self.attribute_names) != self.manifest.get("content_hash"):
             raise FaceganError(f"{self.path} does not match its content hash: it changed since it was prepared; prepare it again.")
+
+
+def content_hash(images: np.ndarray, attributes: np.ndarray | None, attribute_names: list[str]) -> str:
+    """sha256 of the pixels, then of the attributes and their names: what the manifest records."""
+    digest = hashlib.sha256()
+    for start in range(0, len(images), _HASH_BLOCK):
+        digest.update(np.ascontiguousarray(images[start : start + _HASH_BLOCK]).tobytes())
+    if attributes is not None:
+        digest.update(np.ascontiguousarray(attributes).tobytes())
+        digest.update("\n".join(attribute_names).encode())
+    return "sha256:" + digest.hexdigest()
+
+
+def write_subset(dataset: PreparedDataset, indices: np.ndarray, out: str | os.PathLike) -> PreparedDataset:
+    """A prepared dataset of some of `dataset`'s images (e.g. a held-out split), labels and all.
+
+    Its manifest is the original's with the new count and content hash, and names what it was
+    taken from, so metrics never mistake a subset's cached statistics for the whole's.
+    """
+    out = Path(out)
+    out.mkdir(parents=True)
+    indices = np.asarray(indices)
+    images = dataset.take(indices)
+    np.save(out / "images.npy", images)
+    labels = [key for key in dataset.manifest.get("labels", []) if dataset.label(key) is not None]
+    for key in labels:
+        np.save(out / f"{key}.npy", np.asarray(dataset.label(key)[indices]))
+    if (dataset.path / "filenames.txt").exists():
+        names = dataset.filenames()
+        (out / "filenames.txt").write_text("".join(names[i] + "\n" for i in indices), encoding="utf-8")
+    attributes = np.asarray(dataset.attributes[indices]) if dataset.attributes is not None else None
+    manifest = {**dataset.manifest, "count": len(indices), "labels": labels,
+                "content_hash": content_hash(images, attributes, dataset.attribute_names),
+                "subset_of": {"path": str(dataset.path), "content_hash": dataset.manifest.get("content_hash"),
+                              "count": len(dataset)}}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    return open_prepared(out)
 
 
 def open_prepared(path: str | os.PathLike) -> PreparedDataset:
     """Open a directory written by `facegan prepare`, checking that it is complete and consistent."""
     path = Path(path).expanduser()
     hint = f"run `facegan prepare SOURCE --out {path}` first"
+    if path.is_file():
+        raise FaceganError(f"{path} is a file, not a prepared dataset (a directory); {hint}.")
     if not path.is_dir():
         raise FaceganError(f"{path} is not a prepared dataset (no such directory); {hint}.")
     try:

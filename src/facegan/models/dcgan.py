@@ -3,6 +3,10 @@
 Resolution, width and latent size are parameters: a resolution of 4 * 2**n has n stages.
 At 64x64 with width 64, G goes 100 -> 512x4x4 -> 256x8x8 -> 128x16x16 -> 64x32x32 -> 3x64x64
 and D mirrors it, exactly as pytorch/examples' dcgan and the seed projects build it.
+
+D's normalisation is an option because losses disagree about it: BatchNorm (the paper's) couples
+the images of a batch, which WGAN-GP's per-image gradient penalty forbids; Gulrajani et al.
+recommend layer normalisation or none there, and spectral normalisation usually replaces it.
 """
 
 from __future__ import annotations
@@ -49,24 +53,36 @@ class Generator(nn.Module):
         return self.main(z[:, :, None, None])
 
 
-class Discriminator(nn.Module):
-    """Images (B, 3, R, R) -> one logit per image (B,)."""
+NORMS = ("batch", "layer", "none")
 
-    def __init__(self, width: int = 64, resolution: int = 64) -> None:
+
+class Discriminator(nn.Module):
+    """Images (B, 3, R, R) -> one logit per image (B,).
+
+    `norm` is what follows each inner convolution: "batch" (the paper's), "layer" (GroupNorm
+    with one group: per-image statistics over channels and pixels) or "none" (convolutions then
+    get biases, as nothing else shifts their outputs).
+    """
+
+    def __init__(self, width: int = 64, resolution: int = 64, norm: str = "batch") -> None:
         super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {', '.join(NORMS)}, not {norm!r}")
         self.resolution = resolution
         n = stages(resolution)
-        # No BatchNorm on the first layer, as in the paper.
-        layers: list[nn.Module] = [nn.Conv2d(3, width, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
+        bias = norm == "none"
+        # No normalisation on the first layer, as in the paper.
+        layers: list[nn.Module] = [nn.Conv2d(3, width, 4, 2, 1, bias=bias), nn.LeakyReLU(0.2, inplace=True)]
         channels = width
         for _ in range(n - 1):
-            layers += [
-                nn.Conv2d(channels, channels * 2, 4, 2, 1, bias=False),
-                nn.BatchNorm2d(channels * 2),
-                nn.LeakyReLU(0.2, inplace=True),
-            ]
+            layers.append(nn.Conv2d(channels, channels * 2, 4, 2, 1, bias=bias))
+            if norm == "batch":
+                layers.append(nn.BatchNorm2d(channels * 2))
+            elif norm == "layer":
+                layers.append(nn.GroupNorm(1, channels * 2))
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
             channels *= 2
-        layers.append(nn.Conv2d(channels, 1, 4, 1, 0, bias=False))  # 4x4 -> one logit, no Sigmoid
+        layers.append(nn.Conv2d(channels, 1, 4, 1, 0, bias=bias))  # 4x4 -> one logit, no Sigmoid
         self.main = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

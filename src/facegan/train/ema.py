@@ -1,0 +1,57 @@
+"""An exponential moving average of G's weights, the generator to sample from and to evaluate.
+
+Averaging the last few thousand images' worth of G's weights smooths out the oscillation of
+adversarial training (Yazici et al. 2019; StyleGAN2's G_ema). Buffers (BatchNorm's running
+statistics) are copied, not averaged, as StyleGAN2 does.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+
+def beta_for(half_life_images: float, batch_size: int, images_seen: int | None = None, rampup: float | None = None) -> float:
+    """The per-step decay whose weights halve every `half_life_images` images (StyleGAN2's ema_kimg).
+
+    StyleGAN2 uses a half-life of 10,000 images: beta = 0.5 ** (batch / 10_000), 0.9912 at batch
+    128. With `rampup` (StyleGAN2-ADA uses 0.05) the half-life is at most rampup x images_seen,
+    so the average forgets the random initial weights quickly early in training.
+    """
+    if rampup is not None:
+        if images_seen is None:
+            raise ValueError("a ramp-up needs images_seen")
+        half_life_images = min(half_life_images, images_seen * rampup)
+    if half_life_images <= 0:
+        return 0.0  # no history yet: the average is the model itself
+    return 0.5 ** (batch_size / half_life_images)
+
+
+class EMA:
+    """A frozen copy of a model whose parameters follow the model's: ema = beta ema + (1 - beta) model."""
+
+    def __init__(self, model: nn.Module) -> None:
+        # Create it after the model is on its device and in its memory format: the copy keeps both.
+        self.module = copy.deepcopy(model).requires_grad_(False)
+        self._names = [name for name, _ in model.named_parameters()]
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, beta: float) -> None:
+        """Move every parameter a fraction 1 - beta of the way to the model's; copy the buffers."""
+        assert 0 <= beta <= 1 and math.isfinite(beta), f"beta must be in [0, 1], not {beta}"
+        names, params = zip(*model.named_parameters())
+        assert list(names) == self._names, "the model's parameters are not those the EMA was made from"
+        torch._foreach_lerp_(list(self.module.parameters()), list(params), 1.0 - beta)
+        for average, buffer in zip(self.module.buffers(), model.buffers()):
+            average.copy_(buffer)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The averaged model's tensors, for a checkpoint's "generator_ema"."""
+        return self.module.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what state_dict() gave."""
+        self.module.load_state_dict(state)
