@@ -36,7 +36,9 @@ SHARED = Path(os.environ.get("FACEGAN_SHARED_DATA", ROOT.parent / "shared" / "da
 
 
 def prepare_dataset(name: str, work: Path) -> Path:
-    """A prepared 64x64 dataset for one of the benchmark's sources."""
+    """A prepared 64x64 dataset for one of the benchmark's sources (prepared once per run of the script)."""
+    if (work / name / "dataset.json").exists():
+        return work / name
     if name == "synthetic":
         return prepare("synthetic", work / "synthetic", count=8_192, progress=False)
     if name == "celeba-89":
@@ -49,13 +51,13 @@ def measure(real: np.ndarray, fake: np.ndarray) -> dict[str, float]:
     return swd(real, fake, seed=0)
 
 
-def run(name: str, work: Path, minutes: float, samples: int, grids: Path | None) -> list[dict]:
+def run(name: str, work: Path, minutes: float, samples: int, grids: Path | None, precision: str = "auto") -> list[dict]:
     """Train for `minutes` of wall clock and return one row per epoch (epoch 0 = initialisation)."""
     data = prepare_dataset(name, work)
     dataset = open_prepared(data)
     rng = np.random.default_rng(0)
     real = dataset.take(np.sort(rng.choice(len(dataset), min(samples, len(dataset)), replace=False)))
-    config = from_preset("dcgan", data=str(data), runs_dir=str(work / "runs"), epochs=1, device="cpu")
+    config = from_preset("dcgan", data=str(data), runs_dir=str(work / "runs" / precision), epochs=1, device="cpu", precision=precision)
 
     state = build_state(config, dataset.resolution, torch.device("cpu"))
     z = torch.randn(samples, config.latent_dim, generator=torch.Generator().manual_seed(12345))
@@ -72,7 +74,7 @@ def run(name: str, work: Path, minutes: float, samples: int, grids: Path | None)
         epoch_seconds = time.perf_counter() - started
         trained += epoch_seconds
         epoch = rows[-1]["epoch"] + 1
-        fake = sample_array(run_dir, samples, seed=12345, device="cpu")
+        fake = sample_array(run_dir, samples, seed=12345, device="cpu", precision="fp32")
         steps = epoch * (len(dataset) // config.batch_size)
         rows.append({"epoch": epoch, "step": steps, "minutes": trained / 60, **measure(real, fake)})
         print(f"{name}: epoch {epoch} step {steps} {trained / 60:.1f} min swd_avg {rows[-1]['swd_avg']:.2f}", file=sys.stderr)
@@ -88,6 +90,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0, help="training budget per dataset (default 10)")
     parser.add_argument("--datasets", default="synthetic,celeba-89", help="comma-separated: synthetic, celeba-89")
     parser.add_argument("--samples", type=int, default=2048, help="generated and real images per SWD (default 2048)")
+    parser.add_argument("--precision", default="auto",
+                        help="comma-separated precisions to train with, e.g. fp32,bf16 to compare them (default auto)")
     parser.add_argument("--grids", type=Path, default=None, help="copy each final sample grid here as learn-NAME.png")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="facegan-learn-"))
@@ -95,7 +99,9 @@ def main() -> None:
     results = {}
     try:
         for name in args.datasets.split(","):
-            results[name] = run(name, work, args.minutes, args.samples, args.grids)
+            for precision in args.precision.split(","):
+                label = name if "," not in args.precision else f"{name} {precision}"
+                results[label] = run(name, work, args.minutes, args.samples, args.grids, precision)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -103,11 +109,11 @@ def main() -> None:
           f"SWD x1e3 between {args.samples} generated and {args.samples} real 64x64 images (lower is better)\n")
     for name, rows in results.items():
         levels = [k for k in rows[0] if k.startswith("swd") and k != "swd_avg"]
-        header = f"{'dataset':<11}{'epoch':>6}{'step':>7}{'minutes':>9}" + "".join(f"{k:>9}" for k in levels) + f"{'swd_avg':>9}"
+        header = f"{'dataset':<16}{'epoch':>6}{'step':>7}{'minutes':>9}" + "".join(f"{k:>9}" for k in levels) + f"{'swd_avg':>9}"
         print(header)
         print("-" * len(header))
         for row in rows:
-            print(f"{name:<11}{row['epoch']:>6}{row['step']:>7}{row['minutes']:>9.1f}"
+            print(f"{name:<16}{row['epoch']:>6}{row['step']:>7}{row['minutes']:>9.1f}"
                   + "".join(f"{row[k]:>9.2f}" for k in levels) + f"{row['swd_avg']:>9.2f}")
         first, last = rows[0]["swd_avg"], rows[-1]["swd_avg"]
         print(f"{name}: swd_avg {first:.2f} -> {last:.2f} ({last / first:.2f}x of the untrained generator's)\n")

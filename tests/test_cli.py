@@ -14,11 +14,10 @@ import threading
 from pathlib import Path
 
 import pytest
-
-import facegan.data.download as download
 from conftest import make_zip
+
 from facegan.cli import main
-from facegan.data import open_prepared
+from facegan.data import download, open_prepared
 
 
 def run(argv: list[str], capsys) -> tuple[int, str, str]:

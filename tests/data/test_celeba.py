@@ -9,10 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import make_kaggle, make_official, make_zip
+
 from facegan.data import open_prepared
-from facegan.data.celeba import ANNOTATIONS, attributes_to_bool, detect_celeba, parse_annotation
+from facegan.data.celeba import (
+    ANNOTATIONS,
+    attributes_to_bool,
+    detect_celeba,
+    parse_annotation,
+)
 from facegan.data.prepare import prepare
 from facegan.errors import FaceganError
 

@@ -25,7 +25,7 @@ def messy_folder(tmp_path: Path) -> Path:
     """Faces as users keep them: nested, mixed formats and modes, with litter and broken files."""
     rng = np.random.default_rng(1)
     root = tmp_path / "faces"
-    rgb = lambda w, h: Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))  # noqa: E731
+    rgb = lambda w, h: Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
     _write(root / "a.jpg", rgb(120, 150), "JPEG")
     _write(root / "b.PNG", rgb(80, 80).convert("RGBA"), "PNG")
     _write(root / "nested" / "c.webp", rgb(90, 70), "WEBP")

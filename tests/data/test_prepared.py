@@ -43,7 +43,7 @@ def test_an_epoch_visits_every_image_once(dataset_dir):
 
 def test_shuffling_is_deterministic_per_seed_and_epoch(dataset_dir):
     dataset = open_prepared(dataset_dir)
-    first = lambda **kw: rows_of(next(dataset.batches(10, **kw)))  # noqa: E731
+    first = lambda **kw: rows_of(next(dataset.batches(10, **kw)))
     assert first(seed=1, epoch=0) == first(seed=1, epoch=0)
     assert first(seed=1, epoch=0) != first(seed=1, epoch=1)
     assert first(seed=1, epoch=0) != first(seed=2, epoch=0)

@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from facegan.metrics.swd import laplacian_pyramid, reconstruct_pyramid, sliced_wasserstein, swd
+from facegan.metrics.swd import (
+    laplacian_pyramid,
+    reconstruct_pyramid,
+    sliced_wasserstein,
+    swd,
+)
 
 # 32 directions x 4 repeats: a quarter of the default projections, so the file stays quick; every
 # ordering asserted below holds with a wide margin at this count (and at the default).

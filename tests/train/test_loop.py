@@ -17,7 +17,13 @@ from facegan.errors import FaceganError
 from facegan.sample import sample, sample_array
 from facegan.train import checkpoint as checkpoint_module
 from facegan.train.checkpoint import load_checkpoint, save_checkpoint
-from facegan.train.loop import build_state, resume_config, to_model_input, train, train_step
+from facegan.train.loop import (
+    build_state,
+    resume_config,
+    to_model_input,
+    train,
+    train_step,
+)
 
 TINY = dict(batch_size=16, g_width=8, d_width=8, log_every=2, grid_size=16, device="cpu")
 
@@ -112,7 +118,7 @@ def test_resume_from_an_epoch_boundary_is_bit_identical(tmp_path, data32):
     assert_identical(straight, resumed)
     a = (straight / "stats.jsonl").read_text().splitlines()
     b = (resumed / "stats.jsonl").read_text().splitlines()
-    strip = lambda lines: [{k: v for k, v in json.loads(x).items() if k != "images_per_s"} for x in lines]  # noqa: E731
+    strip = lambda lines: [{k: v for k, v in json.loads(x).items() if k != "images_per_s"} for x in lines]
     assert strip(a) == strip(b)
 
 
@@ -204,7 +210,7 @@ def test_bad_data_and_sizes(tmp_path, data32):
 
 
 def test_only_rank_zero_writes_and_each_rank_draws_its_share(tmp_path, data32, monkeypatch):
-    import facegan.train.loop as loop
+    from facegan.train import loop
 
     drawn = []
     original = loop.to_model_input

@@ -35,7 +35,13 @@ from facegan import __version__
 from facegan.data import synthetic
 from facegan.data.celeba import DEFAULT_CROP, SPLITS, detect_celeba, plan_celeba
 from facegan.data.folder import plan_folder
-from facegan.data.images import FILTERS, DecodeOptions, SkipImage, centre_box, decode_image
+from facegan.data.images import (
+    FILTERS,
+    DecodeOptions,
+    SkipImage,
+    centre_box,
+    decode_image,
+)
 from facegan.data.plan import Plan
 from facegan.data.prepared import FORMAT, FORMAT_VERSION, MANIFEST
 from facegan.data.sources import open_tree

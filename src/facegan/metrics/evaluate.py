@@ -37,13 +37,14 @@ from facegan.data import PreparedDataset, open_prepared
 from facegan.errors import FaceganError
 from facegan.metrics import fid as fid_math
 from facegan.metrics.inception import RESIZE_MODE, Inception, features, load_inception
-from facegan.sample import latents, load_generator
 from facegan.train.checkpoint import (
     checkpoints_newest_first,
     load_checkpoint,
     newest_good_checkpoint,
 )
-from facegan.train.loop import cache_dir, generate, open_training_data, resolve_device
+
+# facegan.train.loop and facegan.sample are imported inside the functions that use them: the
+# training loop calls evaluate_generator, and a module-level import back would be circular.
 
 FID_MIN_SAMPLES = 2048  # below the feature dimension the covariance is singular and FID strongly biased
 METRICS_FILE = "metrics.jsonl"
@@ -128,6 +129,8 @@ def cache_key(dataset: PreparedDataset, count: int, network: Inception) -> dict 
 
 def cache_path(key: dict) -> Path:
     """Where the features of a key are cached."""
+    from facegan.train.loop import cache_dir
+
     dataset = key["dataset"].removeprefix("sha256:")[:16]
     return cache_dir() / "inception-features" / f"{dataset}-{key['count']}-{key['resize']}-{key['network'][:12]}.npz"
 
@@ -189,6 +192,9 @@ def real_features(dataset: PreparedDataset, count: int, network: Inception, *, b
 def generated_features(generator: nn.Module, latent_dim: int, count: int, network: Inception, *, seed: int = 0,
                        batch_size: int | None = None, progress: bool = False) -> np.ndarray:
     """float32 (count, 2048) features of `count` images from latents of `seed`, quantised to uint8 first."""
+    from facegan.sample import latents
+    from facegan.train.loop import generate
+
     device = next(generator.parameters()).device
     z = latents(count, latent_dim, seed, device)
     batches = (generate(generator, chunk) for chunk in z.split(_GENERATE_CHUNK))
@@ -241,6 +247,8 @@ def evaluate_generator(
     afterwards, the network is loaded once per process, and the real features come from the
     cache after the first call. `device` (default: G's) runs the Inception network.
     """
+    from facegan.train.loop import resolve_device
+
     metrics = _as_metrics(metrics)
     dataset = dataset if isinstance(dataset, PreparedDataset) else open_prepared(dataset)
     if device is None:
@@ -316,6 +324,9 @@ def evaluate_run(
 ) -> list[dict]:
     """Measure a run's newest checkpoint (or `checkpoint`, or `all`); one record per checkpoint, also
     appended to the run's metrics.jsonl, with plots/metrics.png redrawn."""
+    from facegan.sample import load_generator
+    from facegan.train.loop import open_training_data, resolve_device
+
     parsed = _as_metrics(metrics)
     run = Path(run).expanduser()
     paths = _checkpoints(run, checkpoint)  # a wrong path fails before the network loads
@@ -395,16 +406,17 @@ def _read_rgb(path: Path) -> np.ndarray:
 
 
 def _same_size_batches(files: Sequence[Path], batch_size: int) -> Iterator[np.ndarray]:
-    """Decoded images in batches of one size each; each image keeps its size (the network resizes)."""
+    """Decoded images in arrays of one size each; each image keeps its size (the network resizes)."""
     pending: dict[tuple[int, ...], list[np.ndarray]] = {}
+    held = 0
     for path in files:
         image = _read_rgb(path)
-        bucket = pending.setdefault(image.shape, [])
-        bucket.append(image)
-        if len(bucket) == batch_size:
-            yield np.stack(pending.pop(image.shape))
-    for bucket in pending.values():
-        yield np.stack(bucket)
+        pending.setdefault(image.shape, []).append(image)
+        held += 1
+        if held == batch_size:  # flushed by count, so a folder of many sizes never piles up in memory
+            yield from (np.stack(bucket) for bucket in pending.values())
+            pending, held = {}, 0
+    yield from (np.stack(bucket) for bucket in pending.values())
 
 
 def source_features(source: str | os.PathLike, network: Inception, *, batch_size: int | None = None,
@@ -428,6 +440,8 @@ def source_features(source: str | os.PathLike, network: Inception, *, batch_size
 def fid_folders(a: str | os.PathLike, b: str | os.PathLike, *, network: str | os.PathLike | Inception | None = None,
                 device: str = "auto", batch_size: int | None = None, progress: bool = False) -> dict[str, float]:
     """FID between two folders of images (or prepared datasets): {"fid": value, "images_a": n, "images_b": m}."""
+    from facegan.train.loop import resolve_device
+
     inception = _network(network, resolve_device(device), progress)
     first = source_features(a, inception, batch_size=batch_size, progress=progress)
     second = source_features(b, inception, batch_size=batch_size, progress=progress)
