@@ -46,6 +46,7 @@ from facegan.data.plan import Plan
 from facegan.data.prepared import FORMAT, FORMAT_VERSION, MANIFEST
 from facegan.data.sources import open_tree
 from facegan.errors import FaceganError
+from facegan.files import fsync_directory, other_process_alive
 
 SIZES = range(8, 1025)
 SYNTHETIC = "synthetic"
@@ -185,33 +186,13 @@ def _check_space(directory: Path, needed: int) -> None:
         )
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _remove_stale_partials(out: Path) -> None:
     """Delete what interrupted runs into the same --out left behind (their process is gone)."""
     for stale in out.parent.glob(f".{out.name}.partial-*"):
         pid = stale.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and _alive(int(pid)):
+        if pid.isdigit() and other_process_alive(int(pid)):
             raise FaceganError(f"another `facegan prepare` (process {pid}) is writing {out}; wait for it to finish.")
         shutil.rmtree(stale, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def prepare(
@@ -277,7 +258,7 @@ def _swap_into_place(partial: Path, out: Path) -> None:
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.replace(partial, out)
-    _fsync_dir(out.parent)
+    fsync_directory(out.parent)
 
 
 def _write(plan: Plan, options: DecodeOptions, directory: Path, workers: int, progress: bool) -> dict:

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from facegan.errors import FaceganError
+from facegan.files import fsync_directory, other_process_alive
 
 FORMAT = "facegan-checkpoint"
 FORMAT_VERSION = 1
@@ -70,7 +71,7 @@ def save_checkpoint(state: dict, path: Path) -> None:
         # the checkpoint: a kill between the two renames leaves the old checkpoint, still verified.
         _write_hash(path, _sha256(temporary), previous=_verified_sha256(path))
         os.replace(temporary, path)
-        _fsync_directory(path.parent)
+        fsync_directory(path.parent)
     except (OSError, RuntimeError) as error:
         temporary.unlink(missing_ok=True)
         reason = getattr(error, "strerror", None) or _first_line(error)
@@ -249,34 +250,16 @@ def _write_hash(path: Path, digest: str, previous: str | None) -> None:
         os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
 
 
 def _remove_stale_temporaries(path: Path) -> None:
     """Delete what a killed writer of `path` left (.NAME.tmp-PID, .NAME.sha256.tmp-PID); live writers' stay."""
     for stale in path.parent.glob(f".{path.name}*.tmp-*"):
         pid = stale.name.rpartition("-")[2]
-        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+        if pid.isdigit() and other_process_alive(int(pid)):
             continue
         stale.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def _first_line(error: BaseException) -> str:
