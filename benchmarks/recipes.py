@@ -93,7 +93,7 @@ def run_preset(preset: str, seed: int, data: Path, held_out: Path, work: Path, m
 
 
 def print_table(dataset: str, rows: list[dict], metrics: list[str], minutes: float) -> None:
-    keys = [k for k in rows[0] if any(k.startswith(m[:3]) for m in ("fid", "kid", "precision", "recall")) and k not in ("preset",)]
+    keys = [k for k in rows[0] if k.startswith(("fid", "kid", "pr")) and k != "preset" and not k.endswith("_std")]
     print(f"\n{dataset}: {minutes:g} min of CPU training per run; metrics against held-out real images "
           f"({', '.join(metrics)}); lower FID/KID is better, higher precision/recall is better\n")
     header = f"{'preset':<10}{'seeds':>6}{'epochs':>7}{'G steps':>8}{'min':>6}{'img/s':>7}" + "".join(f"{k:>17}" for k in keys) + f"{'NaN':>5}{'rollbacks':>10}"
