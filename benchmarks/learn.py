@@ -80,7 +80,7 @@ def run(name: str, work: Path, minutes: float, samples: int, grids: Path | None,
         print(f"{name}: epoch {epoch} step {steps} {trained / 60:.1f} min swd_avg {rows[-1]['swd_avg']:.2f}", file=sys.stderr)
     if grids is not None and run_dir is not None:
         grids.mkdir(parents=True, exist_ok=True)
-        final = sorted((run_dir / "samples").glob("epoch-*.png"))[-1]
+        final = max((run_dir / "samples").glob("epoch-*.png"))
         shutil.copy(final, grids / f"learn-{name}.png")
     return rows
 

@@ -2,16 +2,30 @@
 
     python benchmarks/recipes.py                                  # 20 minutes per preset and dataset
     python benchmarks/recipes.py --minutes 4 --samples 1000 --seeds 1 --grids docs/images
+    # how the README's table is made: two datasets side by side on two cores, one thread each,
+    # in sittings that continue the committed results files (run the same two lines again)
+    for d in celeba-89 synthetic; do
+      python benchmarks/recipes.py --threads 1 --minutes 15 --samples 1000 --sngan-width 16 \
+        --presets dcgan,facegan,lsgan,wgan-gp,sngan --datasets $d \
+        --results benchmarks/results/recipes-$d.json --work /tmp/recipes-work-$d &
+    done; wait
+    python benchmarks/recipes.py --report --results benchmarks/results/recipes-celeba-89.json
 
 For each dataset (the built-in synthetic faces, and the 8,000 real CelebA faces of
 ../shared/data/celeba-89) the images are split once into a training set and a held-out set that
 training never sees. Each preset trains through facegan's own `train()` for the same wall-clock
-budget on the CPU: a few timed steps give its speed, and the run gets as many whole epochs as fit
-(so that learning-rate decay ends where the run ends). Its generator (the EMA when the preset
-keeps one) is then measured against the held-out real images with the standard Inception
-network: FID, KID, and precision/recall (low recall shows mode collapse). Every loss of every
-step logged is checked for NaN or infinity, and rollbacks are counted. With --seeds N the two
-best presets by FID are trained again with seeds 1..N-1 and reported as mean and spread.
+budget on the CPU: its speed is timed once, before any run of the dataset starts, and each of its
+runs gets the whole number of epochs nearest to the budget at that speed (so that learning-rate
+decay ends where the run ends). Its generator (the EMA when the preset keeps one) is then
+measured against the held-out real images with the standard Inception network: FID, KID, and
+precision/recall (low recall shows mode collapse). Every loss of every step logged is checked
+for NaN or infinity, and rollbacks are counted. With --seeds N the two best presets by FID (seed
+0) are trained again with seeds 1..N-1 and reported as mean and spread.
+
+The whole benchmark is hours of CPU, more than one sitting. `--results FILE` keeps the plan (the
+settings, the number format, each preset's measured speed and epochs) and every finished run, and
+is rewritten after each run; run the same command again and it continues: finished runs are
+skipped and every later run of a preset trains the epochs planned for it, on whatever machine.
 """
 
 from __future__ import annotations
@@ -38,14 +52,19 @@ from facegan.metrics.evaluate import evaluate_generator
 from facegan.plots import read_stats
 from facegan.sample import load_generator
 from facegan.train.batches import BatchSource, to_model_input
-from facegan.train.loop import build_state, train, train_step
+from facegan.train.loop import build_state, resolve_device, train, train_step
+from facegan.train.precision import resolve_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FACEGAN_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
 def split_dataset(name: str, work: Path, held_out: int) -> tuple[Path, Path]:
-    """Prepared training and held-out sets of one source, disjoint."""
+    """Prepared training and held-out sets of one source, disjoint; made once per work folder."""
+    train_dir, test_dir = work / name / "train", work / name / "held-out"
+    if (train_dir / "dataset.json").exists() and (test_dir / "dataset.json").exists():
+        return train_dir, test_dir
+    shutil.rmtree(work / name, ignore_errors=True)  # a split cut short: make it again
     if name == "synthetic":
         full = open_prepared(prepare("synthetic", work / name / "full", count=8_192 + held_out, progress=False))
     elif name == "celeba-89":
@@ -53,50 +72,61 @@ def split_dataset(name: str, work: Path, held_out: int) -> tuple[Path, Path]:
     else:
         raise SystemExit(f"unknown dataset {name!r}")
     order = np.random.default_rng(0).permutation(len(full))
-    train_set = write_subset(full, np.sort(order[held_out:]), work / name / "train")
-    test_set = write_subset(full, np.sort(order[:held_out]), work / name / "held-out")
+    train_set = write_subset(full, np.sort(order[held_out:]), train_dir)
+    test_set = write_subset(full, np.sort(order[:held_out]), test_dir)
     return train_set.path, test_set.path
 
 
-def images_per_second(config, data: Path, steps: int = 4) -> float:
-    """Training speed of a config, in images drawn per second, as the loop draws them."""
-    dataset = open_prepared(data)
-    state = build_state(config, dataset.resolution, torch.device(config.device))
-    batches = BatchSource(dataset, torch.device(config.device)).epoch(config.batch_size, seed=0, epoch=0)
-    for i, batch in enumerate(batches):
-        if i == 1:
-            start = time.perf_counter()  # the first step pays one-off costs
-        if i == steps + 1:
-            break
-        train_step(state, to_model_input(batch), config, update_g=(i + 1) % config.d_steps == 0)
-    return steps * config.batch_size / (time.perf_counter() - start)
+def images_per_second(config, data: Path, cycles: int = 12) -> float:
+    """Training speed of a config, in images drawn per second, as the loop draws them.
+
+    A cycle is one G update with its D updates (d_steps batches). The first two cycles pay one-off
+    costs and are not timed; the speed is that of the median of the next `cycles` (at least 4 D/G
+    cycles), so that a moment of load on the machine does not hand one preset a shorter budget.
+    """
+    dataset, device = open_prepared(data), resolve_device(config.device)
+    state = build_state(config, dataset.resolution, device)
+    batches = iter(BatchSource(dataset, device).epoch(config.batch_size, seed=0, epoch=0))
+    seconds = []
+    for cycle in range(2 + max(4, cycles // config.d_steps)):
+        start = time.perf_counter()
+        for i in range(config.d_steps):
+            train_step(state, to_model_input(next(batches)), config, update_g=i == config.d_steps - 1)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # the steps are queued, not done, until the GPU says so
+        seconds.append(time.perf_counter() - start)
+    return config.d_steps * config.batch_size / statistics.median(seconds[2:])
 
 
-def run_preset(preset: str, seed: int, data: Path, held_out: Path, work: Path, minutes: float, metrics: list[str],
-               overrides: dict) -> dict:
-    """Train one preset for the budget and measure it."""
-    config = from_preset(preset, data=str(data), runs_dir=str(work / "runs"), device="cpu", seed=seed, **overrides)
-    rate = images_per_second(config, data)
-    epochs = max(1, int(minutes * 60 * rate / len(open_prepared(data))))
-    config = from_preset(preset, data=str(data), runs_dir=str(work / "runs"), device="cpu", seed=seed, epochs=epochs,
-                         **overrides)
+def preset_config(preset: str, data: Path, work: Path, overrides: dict, **settings):
+    return from_preset(preset, data=str(data), runs_dir=str(work / "runs"), **overrides, **settings)
+
+
+def run_preset(preset: str, seed: int, epochs: int, data: Path, held_out: Path, work: Path, metrics: list[str],
+               settings: dict) -> dict:
+    """Train one preset for its planned epochs and measure its sampling generator against the held-out set."""
+    config = preset_config(preset, data, work, settings, seed=seed, epochs=epochs)
     started = time.perf_counter()
     run_dir = train(config, progress=False)
     seconds = time.perf_counter() - started
     stats = read_stats(run_dir / "stats.jsonl")
     losses = [r[k] for r in stats for k in ("loss_d", "loss_g") if k in r]
-    generator, saved = load_generator(run_dir, torch.device("cpu"))
-    values = evaluate_generator(generator, saved.latent_dim, held_out, metrics, device="cpu", seed=seed)
+    device = resolve_device(config.device)
+    generator, saved = load_generator(run_dir, device)
+    values = evaluate_generator(generator, saved.latent_dim, held_out, metrics, device=device, seed=seed)
     return {"preset": preset, "seed": seed, "epochs": epochs, "steps": stats[-1]["step"] if stats else 0,
-            "minutes": seconds / 60, "images_per_s": rate, "nan": not all(math.isfinite(v) for v in losses),
+            "minutes": seconds / 60, "nan": not all(math.isfinite(v) for v in losses),
             "rollbacks": sum(1 for r in stats if r.get("event") == "rollback"), "run_dir": str(run_dir), **values}
 
 
-def print_table(dataset: str, rows: list[dict], metrics: list[str], minutes: float) -> None:
-    keys = [k for k in rows[0] if k.startswith(("fid", "kid", "pr")) and k != "preset" and not k.endswith("_std")]
-    print(f"\n{dataset}: {minutes:g} min of CPU training per run; metrics against held-out real images "
-          f"({', '.join(metrics)}); lower FID/KID is better, higher precision/recall is better\n")
-    header = f"{'preset':<10}{'seeds':>6}{'epochs':>7}{'G steps':>8}{'min':>6}{'img/s':>7}" + "".join(f"{k:>17}" for k in keys) + f"{'NaN':>5}{'rollbacks':>10}"
+def print_table(dataset: str, plan: dict, rows: list[dict], metrics: list[str]) -> None:
+    keys = [k for k in rows[0] if k.startswith(("fid", "kid", "pr")) and not k.endswith("_std")]
+    where = "CPU" if plan.get("device", "cpu") == "cpu" else plan["device"].upper()
+    print(f"\n{dataset}: {plan['minutes']:g} min of {where} training per run ({plan['threads']} thread(s), {plan['precision']}), "
+          f"metrics against {plan['samples']:,} held-out real images ({', '.join(metrics)}); "
+          "lower FID/KID is better, higher precision/recall is better\n")
+    header = (f"{'preset':<10}{'seeds':>6}{'epochs':>7}{'G steps':>8}{'min':>6}{'img/s':>7}" + "".join(f"{k:>17}" for k in keys)
+              + f"{'NaN':>5}{'rollbacks':>10}")
     print(header)
     print("-" * len(header))
     by_preset: dict[str, list[dict]] = {}
@@ -108,52 +138,136 @@ def print_table(dataset: str, rows: list[dict], metrics: list[str], minutes: flo
             values = [r[key] for r in group]
             cells.append(f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}")
         print(f"{preset:<10}{len(group):>6}{group[0]['epochs']:>7}{group[0]['steps']:>8}{statistics.mean(r['minutes'] for r in group):>6.1f}"
-              f"{group[0]['images_per_s']:>7.0f}" + "".join(f"{c:>17}" for c in cells)
+              f"{plan['images_per_s'][preset]:>7.1f}" + "".join(f"{c:>17}" for c in cells)
               + f"{'yes' if any(r['nan'] for r in group) else 'no':>5}{sum(r['rollbacks'] for r in group):>10}")
+    if len(by_preset.get("facegan", [])) and len(by_preset.get("dcgan", [])):
+        fid, recall = metrics[0], f"{metrics[2]}_recall"
+        mean = {p: {k: statistics.mean(r[k] for r in by_preset[p]) for k in (fid, recall)} for p in ("facegan", "dcgan")}
+        print(f"\nfacegan vs dcgan: {fid} {mean['facegan'][fid]:.2f} vs {mean['dcgan'][fid]:.2f} "
+              f"({'better' if mean['facegan'][fid] < mean['dcgan'][fid] else 'not better'}), recall "
+              f"{mean['facegan'][recall]:.3f} vs {mean['dcgan'][recall]:.3f} "
+              f"({'not lower' if mean['facegan'][recall] >= mean['dcgan'][recall] else 'lower'})")
+
+
+def load_results(path: Path | None, settings: dict) -> dict:
+    """The results file to continue, or a new one; refuses one made with other settings."""
+    if path is None or not path.exists():
+        return {"settings": settings, "datasets": {}}
+    results = json.loads(path.read_text())
+    results["settings"].setdefault("device", "cpu")  # files from before --device were all made on the CPU
+    mismatched = [k for k in settings if k in FIXED and results["settings"].get(k) != settings[k]]
+    if mismatched:
+        made = ", ".join(f"{k}={results['settings'][k]!r}" for k in mismatched)
+        raise SystemExit(f"{path} was made with other settings ({made}); give the same ones to continue it, "
+                         "or another --results file.")
+    return results
+
+
+def metric_names(samples: int) -> list[str]:
+    """FID, KID and precision/recall named by their sample count, e.g. fid2k."""
+    count = f"{samples // 1000}k" if samples % 1000 == 0 else str(samples)
+    return [f"fid{count}", f"kid{count}", f"pr{count}"]
+
+
+# What a results file's runs must share with the runs that continue it.
+FIXED = ("minutes", "samples", "sngan_width", "precision", "device")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=20.0, help="training budget per run (default 20)")
     parser.add_argument("--datasets", default="synthetic,celeba-89")
-    parser.add_argument("--presets", default=",".join(PRESETS))
+    parser.add_argument("--presets", default=",".join(PRESETS), help="presets, in the order to train them")
     parser.add_argument("--samples", type=int, default=2000, help="generated and held-out real images per metric (default 2000)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds for the two best presets (default 3)")
     parser.add_argument("--sngan-width", type=int, default=None,
                         help="g/d width of the sngan preset (default: the preset's, Mimicry's 64, i.e. 1024 channels at 4x4)")
-    parser.add_argument("--grids", type=Path, default=None, help="copy each run's last grid here as recipes-DATASET-PRESET.png")
-    parser.add_argument("--json", type=Path, default=None, help="also write every row here")
+    parser.add_argument("--precision", default=None,
+                        help="number format of every run (default: a continued file's, else what auto picks on this machine)")
+    parser.add_argument("--grids", type=Path, default=None, help="copy each run's last grid here as recipes-DATASET-PRESET[-seedN].png")
+    parser.add_argument("--results", "--json", type=Path, default=None,
+                        help="JSON file of the plan (settings, each preset's epochs) and every finished run, written after each "
+                             "run; an existing one is continued: finished runs are skipped and the planned epochs kept")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="folder for the splits, runs and cached real features (default: a temporary one, removed at the end)")
+    parser.add_argument("--device", default="cpu", help="where to train and measure: cpu (default), cuda, auto")
+    parser.add_argument("--compile", default="off",
+                        help="torch.compile of G and D, as `facegan train --compile` (default off: compiling takes minutes of the budget)")
+    parser.add_argument("--report", action="store_true", help="only print the tables of --results")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads per run (default: torch's); 1 lets two datasets run side by side on two cores")
     args = parser.parse_args()
-    count = f"{args.samples // 1000}k" if args.samples % 1000 == 0 else str(args.samples)
-    metrics = [f"fid{count}", f"kid{count}", f"pr{count}"]
-    work = Path(tempfile.mkdtemp(prefix="facegan-recipes-"))
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.report:  # the tables of a results file, with the settings it was made with
+        if args.results is None or not args.results.exists():
+            raise SystemExit("--report needs --results FILE, a results file this benchmark wrote.")
+        results = json.loads(args.results.read_text())
+        for dataset, entry in results["datasets"].items():
+            print_table(dataset, {**results["settings"], **entry}, entry["rows"], metric_names(results["settings"]["samples"]))
+        return
+    metrics = metric_names(args.samples)
+    precision = args.precision
+    if precision is None and args.results is not None and args.results.exists():
+        precision = json.loads(args.results.read_text())["settings"]["precision"]
+    device = resolve_device(args.device)
+    settings = {"minutes": args.minutes, "samples": args.samples, "sngan_width": args.sngan_width, "device": device.type,
+                "precision": precision or resolve_precision("auto", device).name, "threads": torch.get_num_threads()}
+    results = load_results(args.results, settings)
+    work = args.work or Path(tempfile.mkdtemp(prefix="facegan-recipes-"))
     os.environ["FACEGAN_CACHE"] = str(work / "cache")
-    results: dict[str, list[dict]] = {}
+
+    def overrides(preset: str) -> dict:
+        widths = {"g_width": args.sngan_width, "d_width": args.sngan_width} if preset == "sngan" and args.sngan_width else {}
+        return {**widths, "precision": settings["precision"], "device": device.type, "compile": args.compile}
+
+    def finish(dataset: str, entry: dict, preset: str, seed: int, data: Path, held_out: Path) -> None:
+        if any(r["preset"] == preset and r["seed"] == seed for r in entry["rows"]):
+            return  # measured in an earlier sitting
+        entry["rows"].append(run_preset(preset, seed, entry["epochs"][preset], data, held_out, work, metrics, overrides(preset)))
+        print(f"{dataset} {preset} seed {seed}: {json.dumps({k: v for k, v in entry['rows'][-1].items() if k != 'run_dir'})}",
+              file=sys.stderr, flush=True)
+        if args.results is not None:  # after every run: a long benchmark stopped early keeps its rows
+            args.results.parent.mkdir(parents=True, exist_ok=True)
+            temporary = args.results.with_suffix(".tmp")
+            temporary.write_text(json.dumps(results, indent=1))
+            os.replace(temporary, args.results)
+        if args.grids is not None:
+            args.grids.mkdir(parents=True, exist_ok=True)
+            grid = max((Path(entry["rows"][-1]["run_dir"]) / "samples").glob("epoch-*.png"))
+            shutil.copy(grid, args.grids / f"recipes-{dataset}-{preset}{f'-seed{seed}' if seed else ''}.png")
+
     try:
         for dataset in args.datasets.split(","):
             data, held_out = split_dataset(dataset, work, args.samples)
-            rows = results.setdefault(dataset, [])
-            for preset in args.presets.split(","):
-                overrides = {"g_width": args.sngan_width, "d_width": args.sngan_width} if preset == "sngan" and args.sngan_width else {}
-                rows.append(run_preset(preset, 0, data, held_out, work, args.minutes, metrics, overrides))
-                print(f"{dataset} {preset} seed 0: {json.dumps({k: v for k, v in rows[-1].items() if k != 'run_dir'})}", file=sys.stderr)
-                if args.grids is not None:
-                    args.grids.mkdir(parents=True, exist_ok=True)
-                    grid = sorted((Path(rows[-1]["run_dir"]) / "samples").glob("epoch-*.png"))[-1]
-                    shutil.copy(grid, args.grids / f"recipes-{dataset}-{preset}.png")
-            best = sorted(rows, key=lambda r: r[metrics[0]])[:2] if args.seeds > 1 else []
-            for first in best:
-                overrides = {"g_width": args.sngan_width, "d_width": args.sngan_width} if first["preset"] == "sngan" and args.sngan_width else {}
-                for seed in range(1, args.seeds):
-                    rows.append(run_preset(first["preset"], seed, data, held_out, work, args.minutes, metrics, overrides))
-                    print(f"{dataset} {first['preset']} seed {seed}: {rows[-1][metrics[0]]:.2f}", file=sys.stderr)
-            if args.json is not None:
-                args.json.write_text(json.dumps(results, indent=1))
+            presets = args.presets.split(",")
+            entry = results["datasets"].get(dataset)
+            if entry is not None and set(entry["epochs"]) != set(presets):
+                raise SystemExit(f"{args.results} planned {dataset} for the presets {', '.join(entry['epochs'])}; "
+                                 "continue it with those, or start another --results file.")
+            if entry is None:
+                # Every preset's speed is measured once, before any training and under the same
+                # conditions, and each gets the whole epochs nearest to the budget at its speed (so
+                # that learning-rate decay ends where the run ends); every seed of it, in any later
+                # sitting, trains that many.
+                rates = {p: images_per_second(preset_config(p, data, work, overrides(p), seed=0), data) for p in presets}
+                epochs = {p: max(1, round(args.minutes * 60 * r / len(open_prepared(data)))) for p, r in rates.items()}
+                entry = results["datasets"][dataset] = {"images_per_s": rates, "epochs": epochs, "rows": []}
+                print(f"{dataset} images/s: {json.dumps({p: round(r, 1) for p, r in rates.items()})}, epochs: {json.dumps(epochs)}",
+                      file=sys.stderr, flush=True)
+            for preset in presets:
+                finish(dataset, entry, preset, 0, data, held_out)
+            firsts = sorted((r for r in entry["rows"] if r["seed"] == 0), key=lambda r: r[metrics[0]])[:2]
+            for seed in range(1, args.seeds):
+                for first in firsts:
+                    finish(dataset, entry, first["preset"], seed, data, held_out)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
-    print(f"\nCPU ({torch.get_num_threads()} threads), torch {torch.__version__}")
-    for dataset, rows in results.items():
-        print_table(dataset, rows, metrics, args.minutes)
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} thread(s)"
+    print(f"\n{where}, torch {torch.__version__}")
+    for dataset, entry in results["datasets"].items():
+        print_table(dataset, {**results["settings"], **entry}, entry["rows"], metrics)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ def paths(tmp_path_factory) -> dict[str, str]:
     torch.set_num_threads(1)  # tiny models train much faster on one thread of a busy machine
     try:
         data = prepare("synthetic", root / "d32", count=64, size=32, progress=False)
-        tiny = dict(batch_size=16, g_width=8, d_width=8, grid_size=16, device="cpu", epochs=1)
+        tiny = {"batch_size": 16, "g_width": 8, "d_width": 8, "grid_size": 16, "device": "cpu", "epochs": 1}
         run = train(from_preset("dcgan", data=str(data), runs_dir=str(root / "runs"), **tiny), progress=False)
         # A run whose data was prepared again at another size after it started.
         moved = prepare("synthetic", root / "d-resized", count=64, size=32, progress=False)

@@ -21,7 +21,7 @@ from facegan.sample import sample_array
 from facegan.train.checkpoint import hash_path, load_checkpoint, save_checkpoint
 from facegan.train.loop import train
 
-TINY = dict(batch_size=16, g_width=8, d_width=8, log_every=2, grid_size=16, device="cpu")
+TINY = {"batch_size": 16, "g_width": 8, "d_width": 8, "log_every": 2, "grid_size": 16, "device": "cpu"}
 
 
 @pytest.fixture(scope="module", autouse=True)

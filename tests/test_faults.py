@@ -37,7 +37,7 @@ from facegan.train.checkpoint import (
 from facegan.train.guard import DivergenceGuard, run_lock
 from facegan.train.loop import resume_config, train
 
-TINY = dict(batch_size=16, g_width=8, d_width=8, log_every=1, grid_size=16, device="cpu")
+TINY = {"batch_size": 16, "g_width": 8, "d_width": 8, "log_every": 1, "grid_size": 16, "device": "cpu"}
 TINY_ARGS = ["--batch-size", "16", "--g-width", "8", "--d-width", "8", "--device", "cpu", "--log-every", "1", "--quiet"]
 STEPS_PER_EPOCH = 6  # 96 images in batches of 16
 

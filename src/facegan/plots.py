@@ -66,7 +66,7 @@ def read_stats(path: str | os.PathLike) -> list[dict]:
         try:
             record = json.loads(line.decode("utf-8"))
             if not isinstance(record, dict):
-                raise ValueError(f"a JSON {type(record).__name__}, not an object")
+                raise ValueError(f"a JSON {type(record).__name__}, not an object")  # noqa: TRY004 (caught below with the JSON errors)
         except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             if position == len(numbered) - 1:
                 break  # the line being appended right now, or cut short by a kill

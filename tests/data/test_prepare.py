@@ -73,7 +73,7 @@ def test_an_interrupted_prepare_leaves_nothing_and_can_be_run_again(tmp_path, fa
 
 def test_a_killed_prepare_is_cleaned_up_by_the_next_run(tmp_path, faces):
     # What `kill -9` leaves: a hidden partial directory of a process that no longer exists.
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=False)
     stale = tmp_path / f".out.partial-{int(dead.stdout)}"
     stale.mkdir()
     (stale / "images.npy").write_bytes(b"half")

@@ -36,7 +36,7 @@ def test_open_gives_a_memory_map(dataset_dir):
 
 def test_an_epoch_visits_every_image_once(dataset_dir):
     dataset = open_prepared(dataset_dir)
-    seen = sum((rows_of(b) for b in dataset.batches(10, seed=3)), [])
+    seen = [row for b in dataset.batches(10, seed=3) for row in rows_of(b)]
     assert sorted(seen) == list(range(100))
     assert seen != list(range(100))  # shuffled
 
@@ -59,9 +59,10 @@ def test_drop_last_and_partial_batches(dataset_dir):
 
 def test_each_rank_draws_its_own_disjoint_batches(dataset_dir):
     dataset = open_prepared(dataset_dir)
-    shares = [sum((rows_of(b) for b in dataset.batches(10, seed=5, rank=r, world_size=4, drop_last=False)), []) for r in range(4)]
+    shares = [[row for b in dataset.batches(10, seed=5, rank=r, world_size=4, drop_last=False) for row in rows_of(b)]
+              for r in range(4)]
     assert all(len(share) == 25 for share in shares)
-    assert sorted(sum(shares, [])) == list(range(100))
+    assert sorted(row for share in shares for row in share) == list(range(100))
 
 
 def test_batches_with_attributes_stay_aligned(tmp_path, official_subset):

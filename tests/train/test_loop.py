@@ -25,7 +25,7 @@ from facegan.train.loop import (
     train_step,
 )
 
-TINY = dict(batch_size=16, g_width=8, d_width=8, log_every=2, grid_size=16, device="cpu")
+TINY = {"batch_size": 16, "g_width": 8, "d_width": 8, "log_every": 2, "grid_size": 16, "device": "cpu"}
 
 
 @pytest.fixture(scope="module")

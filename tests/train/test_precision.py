@@ -18,7 +18,7 @@ from facegan.train.loop import build_state, generate, train_step
 from facegan.train.precision import Precision, fast_bf16, resolve_precision
 
 CPU = torch.device("cpu")
-SMALL = dict(batch_size=32, g_width=16, d_width=16, device="cpu")
+SMALL = {"batch_size": 32, "g_width": 16, "d_width": 16, "device": "cpu"}
 
 
 @pytest.fixture(scope="module")

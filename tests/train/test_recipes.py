@@ -17,13 +17,22 @@ from facegan.sample import load_generator, sample_array
 from facegan.train.checkpoint import load_checkpoint
 from facegan.train.loop import build_state, resume_config, train, train_step
 
-TINY = dict(batch_size=16, g_width=8, d_width=8, log_every=1, grid_size=16, device="cpu")
+TINY = {"batch_size": 16, "g_width": 8, "d_width": 8, "log_every": 1, "grid_size": 16, "device": "cpu"}
 
 
 @pytest.fixture(scope="module")
 def data32(tmp_path_factory) -> Path:
     """96 synthetic faces at 32x32: six batches of 16 per epoch."""
     return prepare("synthetic", tmp_path_factory.mktemp("data") / "s32", count=96, size=32, progress=False)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    """Reference features go to a temporary cache shared by this module's runs, never the user's."""
+    path = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FACEGAN_CACHE", str(path))
+        yield path
 
 
 def tiny(tmp_path: Path, data: Path, preset: str, **overrides):
@@ -35,7 +44,7 @@ def records(run_dir: Path) -> list[dict]:
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
-def test_every_preset_trains_samples_and_resumes(tmp_path, data32, preset):
+def test_every_preset_trains_samples_resumes_and_evaluates(tmp_path, data32, cache, preset):
     run = train(tiny(tmp_path, data32, preset, epochs=1), progress=False)
     config = from_preset(preset)
     stats = [r for r in records(run) if "step" in r]
@@ -52,6 +61,10 @@ def test_every_preset_trains_samples_and_resumes(tmp_path, data32, preset):
     resumed = train(resume_config(run, {"epochs": 2}), resume=run, progress=False)
     assert load_checkpoint(resumed / "checkpoints" / "latest.pt")["d_updates"] == 12
     assert (run / "samples" / "epoch-0002.png").exists()
+    # ... and evaluates through `facegan evaluate`, measuring the generator it samples from.
+    assert main(["evaluate", str(run), "--metrics", "fid20,pr20", "--device", "cpu", "--quiet"]) == 0
+    (record,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert record["step"] == 12 // config.d_steps and record["fid20"] > 0 and 0 <= record["pr20_recall"] <= 1
 
 
 def test_the_facegan_preset_resumes_mid_epoch_bit_identically(tmp_path, data32):

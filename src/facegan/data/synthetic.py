@@ -1040,7 +1040,7 @@ def _mouth_geometry(cv: _Canvas) -> tuple[np.ndarray, ...]:
 def _lips(cv: _Canvas) -> None:
     """Lips (natural or lipstick), a sheen on the lower one and the shadow beneath it."""
     T = cv.T
-    mx, mx2, my, mid, f = _mouth_geometry(cv)
+    mx, _mx2, my, mid, f = _mouth_geometry(cv)
     g = np.sqrt(f)
     opening = T.smile_open * f
     chin = _blob(cv.x, my - T.lip * 1.3 - 0.06 - T.smile_open, T.mouth_w * 0.8, 0.05)
@@ -1060,7 +1060,7 @@ def _lips(cv: _Canvas) -> None:
 def _smile(cv: _Canvas) -> None:
     """The open part of a smile: dark inside, upper teeth along the top."""
     T = cv.T
-    mx, mx2, my, mid, f = _mouth_geometry(cv)
+    mx, _mx2, my, mid, f = _mouth_geometry(cv)
     opening = T.smile_open * f
     d = np.maximum(mid - my, my - mid - opening)
     np.maximum(d, (np.abs(mx) - 0.95) * T.mouth_w, out=d)
@@ -1071,7 +1071,7 @@ def _smile(cv: _Canvas) -> None:
 
 def _closed_mouth(cv: _Canvas) -> None:
     """The line between closed lips, deepest at the corners."""
-    mx, mx2, my, mid, f = _mouth_geometry(cv)
+    mx, mx2, my, mid, _f = _mouth_geometry(cv)
     d = np.abs(my - mid) - 0.008 - 0.006 * mx2
     np.maximum(d, (np.abs(mx) - 1.02) * cv.T.mouth_w, out=d)
     _shade(cv.px, _cov(d, cv.k), 0.6)

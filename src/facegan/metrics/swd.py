@@ -18,6 +18,7 @@ images) take minutes on a 2-core CPU, so the defaults here are smaller; see `swd
 
 from __future__ import annotations
 
+import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -189,7 +190,7 @@ def sliced_wasserstein(a: np.ndarray, b: np.ndarray, directions: int = 128, repe
             pa = block @ a.T
             pb = block @ b.T
             bounds = np.linspace(0, len(block), min(workers, len(block)) + 1).astype(int)
-            parts = [pool.submit(_sort_rows_w1, pa[lo:hi], pb[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])]
+            parts = [pool.submit(_sort_rows_w1, pa[lo:hi], pb[lo:hi]) for lo, hi in itertools.pairwise(bounds)]
             distances[start : start + len(block)] = np.concatenate([part.result() for part in parts])
     return float(distances.mean())
 
