@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
 
 from facegan.config import PRESETS, from_preset
 from facegan.data import open_prepared
@@ -88,7 +89,7 @@ def images_per_second(config, data: Path, cycles: int = 12) -> float:
     state = build_state(config, dataset.resolution, device)
     batches = iter(BatchSource(dataset, device).epoch(config.batch_size, seed=0, epoch=0))
     seconds = []
-    for cycle in range(2 + max(4, cycles // config.d_steps)):
+    for _ in range(2 + max(4, cycles // config.d_steps)):
         start = time.perf_counter()
         for i in range(config.d_steps):
             train_step(state, to_model_input(next(batches)), config, update_g=i == config.d_steps - 1)
@@ -120,7 +121,7 @@ def run_preset(preset: str, seed: int, epochs: int, data: Path, held_out: Path, 
 
 
 def print_table(dataset: str, plan: dict, rows: list[dict], metrics: list[str]) -> None:
-    keys = [k for k in rows[0] if k.startswith(("fid", "kid", "pr")) and not k.endswith("_std")]
+    keys = [k for k in rows[0] if k.startswith(tuple(metrics)) and not k.endswith("_std")]
     where = "CPU" if plan.get("device", "cpu") == "cpu" else plan["device"].upper()
     print(f"\n{dataset}: {plan['minutes']:g} min of {where} training per run ({plan['threads']} thread(s), {plan['precision']}), "
           f"metrics against {plan['samples']:,} held-out real images ({', '.join(metrics)}); "
@@ -147,6 +148,30 @@ def print_table(dataset: str, plan: dict, rows: list[dict], metrics: list[str]) 
               f"({'better' if mean['facegan'][fid] < mean['dcgan'][fid] else 'not better'}), recall "
               f"{mean['facegan'][recall]:.3f} vs {mean['dcgan'][recall]:.3f} "
               f"({'not lower' if mean['facegan'][recall] >= mean['dcgan'][recall] else 'lower'})")
+
+
+def contact_sheet(grids: Path, dataset: str, presets: list[str], out: Path) -> Path | None:
+    """One picture per dataset: the first two rows of each preset's last grid (seed 0), labelled."""
+    strips = []
+    for preset in presets:
+        path = grids / f"recipes-{dataset}-{preset}.png"
+        if path.exists():
+            grid = Image.open(path).convert("RGB")
+            cell = (grid.width - 2) // 8  # make_grid's 8 columns of image + 2 px padding
+            strips.append((preset, grid.crop((0, 0, grid.width, 2 * cell + 2))))
+    if not strips:
+        return None
+    label = 90
+    sheet = Image.new("RGB", (label + strips[0][1].width, sum(s.height for _, s in strips)), "white")
+    draw = ImageDraw.Draw(sheet)
+    top = 0
+    for preset, strip in strips:
+        sheet.paste(strip, (label, top))
+        draw.text((6, top + strip.height // 2 - 6), preset, fill="black")
+        top += strip.height
+    out.mkdir(parents=True, exist_ok=True)
+    sheet.save(out / f"recipes-{dataset}.png")
+    return out / f"recipes-{dataset}.png"
 
 
 def load_results(path: Path | None, settings: dict) -> dict:
@@ -194,6 +219,8 @@ def main() -> None:
     parser.add_argument("--compile", default="off",
                         help="torch.compile of G and D, as `facegan train --compile` (default off: compiling takes minutes of the budget)")
     parser.add_argument("--report", action="store_true", help="only print the tables of --results")
+    parser.add_argument("--sheet", type=Path, default=None,
+                        help="with --report and --grids: write DIR/recipes-DATASET.png, two rows of each preset's last grid")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads per run (default: torch's); 1 lets two datasets run side by side on two cores")
     args = parser.parse_args()
@@ -205,6 +232,8 @@ def main() -> None:
         results = json.loads(args.results.read_text())
         for dataset, entry in results["datasets"].items():
             print_table(dataset, {**results["settings"], **entry}, entry["rows"], metric_names(results["settings"]["samples"]))
+            if args.grids is not None and args.sheet is not None:
+                contact_sheet(args.grids, dataset, list(entry["epochs"]), args.sheet)
         return
     metrics = metric_names(args.samples)
     precision = args.precision

@@ -137,7 +137,8 @@ PRESETS: dict[str, dict] = {
     # facegan's recommendation for short budgets: the DCGAN models and loss, plus what helps at any
     # length of run: an EMA of G (half-life 10k images, ramped up over the first 5% of images
     # seen), horizontal flips of reals, and linear decay of both rates over the second half.
-    # benchmarks/recipes.py measures it against the others on the same budget.
+    # Chosen by reasoning so far: benchmarks/recipes.py compares it with the others on the same
+    # budget, but the budgets measured yet (README) are too short to tell any preset apart.
     "facegan": {"flip": True, "ema_kimg": 10.0, "ema_rampup": 0.05, "lr_schedule": "linear", "lr_decay_start": 0.5},
 }
 
