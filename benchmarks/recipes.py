@@ -174,11 +174,10 @@ def contact_sheet(grids: Path, dataset: str, presets: list[str], out: Path) -> P
     return out / f"recipes-{dataset}.png"
 
 
-def load_results(path: Path | None, settings: dict) -> dict:
-    """The results file to continue, or a new one; refuses one made with other settings."""
-    if path is None or not path.exists():
+def load_results(path: Path | None, results: dict | None, settings: dict) -> dict:
+    """The results read from `path` to continue, or new ones; refuses those made with other settings."""
+    if results is None:
         return {"settings": settings, "datasets": {}}
-    results = json.loads(path.read_text())
     results["settings"].setdefault("device", "cpu")  # files from before --device were all made on the CPU
     mismatched = [k for k in settings if k in FIXED and results["settings"].get(k) != settings[k]]
     if mismatched:
@@ -226,23 +225,22 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    saved = json.loads(args.results.read_text()) if args.results is not None and args.results.exists() else None
     if args.report:  # the tables of a results file, with the settings it was made with
-        if args.results is None or not args.results.exists():
+        if saved is None:
             raise SystemExit("--report needs --results FILE, a results file this benchmark wrote.")
-        results = json.loads(args.results.read_text())
+        results = saved
         for dataset, entry in results["datasets"].items():
             print_table(dataset, {**results["settings"], **entry}, entry["rows"], metric_names(results["settings"]["samples"]))
             if args.grids is not None and args.sheet is not None:
                 contact_sheet(args.grids, dataset, list(entry["epochs"]), args.sheet)
         return
     metrics = metric_names(args.samples)
-    precision = args.precision
-    if precision is None and args.results is not None and args.results.exists():
-        precision = json.loads(args.results.read_text())["settings"]["precision"]
+    precision = args.precision or (saved["settings"]["precision"] if saved is not None else None)
     device = resolve_device(args.device)
     settings = {"minutes": args.minutes, "samples": args.samples, "sngan_width": args.sngan_width, "device": device.type,
                 "precision": precision or resolve_precision("auto", device).name, "threads": torch.get_num_threads()}
-    results = load_results(args.results, settings)
+    results = load_results(args.results, saved, settings)
     work = args.work or Path(tempfile.mkdtemp(prefix="facegan-recipes-"))
     os.environ["FACEGAN_CACHE"] = str(work / "cache")
 
