@@ -49,10 +49,12 @@ from facegan.config import PRESETS, from_preset
 from facegan.data import open_prepared
 from facegan.data.prepare import prepare
 from facegan.data.prepared import write_subset
+from facegan.files import write_atomically
 from facegan.metrics.evaluate import evaluate_generator
 from facegan.plots import read_stats
 from facegan.sample import load_generator
 from facegan.train.batches import BatchSource, to_model_input
+from facegan.train.checkpoint import newest_good_checkpoint
 from facegan.train.loop import build_state, resolve_device, train, train_step
 from facegan.train.precision import resolve_precision
 
@@ -115,7 +117,7 @@ def run_preset(preset: str, seed: int, epochs: int, data: Path, held_out: Path, 
     device = resolve_device(config.device)
     generator, saved = load_generator(run_dir, device)
     values = evaluate_generator(generator, saved.latent_dim, held_out, metrics, device=device, seed=seed)
-    return {"preset": preset, "seed": seed, "epochs": epochs, "steps": stats[-1]["step"] if stats else 0,
+    return {"preset": preset, "seed": seed, "epochs": epochs, "steps": newest_good_checkpoint(run_dir)[1]["step"],
             "minutes": seconds / 60, "nan": not all(math.isfinite(v) for v in losses),
             "rollbacks": sum(1 for r in stats if r.get("event") == "rollback"), "run_dir": str(run_dir), **values}
 
@@ -255,10 +257,8 @@ def main() -> None:
         print(f"{dataset} {preset} seed {seed}: {json.dumps({k: v for k, v in entry['rows'][-1].items() if k != 'run_dir'})}",
               file=sys.stderr, flush=True)
         if args.results is not None:  # after every run: a long benchmark stopped early keeps its rows
-            args.results.parent.mkdir(parents=True, exist_ok=True)
-            temporary = args.results.with_suffix(".tmp")
-            temporary.write_text(json.dumps(results, indent=1))
-            os.replace(temporary, args.results)
+            text = json.dumps(results, indent=1)
+            write_atomically(args.results, lambda temporary: temporary.write_text(text, encoding="utf-8"))
         if args.grids is not None:
             args.grids.mkdir(parents=True, exist_ok=True)
             grid = max((Path(entry["rows"][-1]["run_dir"]) / "samples").glob("epoch-*.png"))

@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from facegan.errors import FaceganError
+from facegan.files import write_atomically
 
 
 @dataclass
@@ -99,13 +99,8 @@ class TrainConfig:
 
     def save(self, path: str | Path) -> None:
         """Write as indented JSON, atomically (a killed process leaves the old file or the new one)."""
-        path = Path(path)
-        temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            temporary.write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
-            os.replace(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
+        text = json.dumps(self.to_dict(), indent=1) + "\n"
+        write_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:

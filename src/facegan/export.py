@@ -20,6 +20,7 @@ from safetensors.torch import save
 
 from facegan.config import TrainConfig, validate
 from facegan.errors import FaceganError
+from facegan.files import write_atomically
 from facegan.paths import output_file
 from facegan.train.checkpoint import load_checkpoint, newest_good_checkpoint
 from facegan.train.guard import describe_os_error
@@ -90,18 +91,11 @@ def _checkpoint_of(source: Path) -> tuple[Path, dict]:
 
 
 def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """Let `write` fill a temporary file beside `path`, fsync it, rename it onto `path`."""
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """files.write_atomically, with a disk error told as one sentence."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write(temporary)
-        with open(temporary, "rb") as stream:
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
+        write_atomically(path, write)
     except (OSError, SafetensorError) as error:  # safetensors reports a full disk as its own error
         raise FaceganError(describe_os_error(error, str(path), "then export again")) from None
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def _sha256(path: Path) -> str:

@@ -13,8 +13,7 @@ import json
 import math
 import numbers
 import os
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, StrMethodFormatter
 from PIL import Image, ImageDraw, ImageFont
 
+from facegan.files import write_atomically
 from facegan.viz import make_grid, save_png
 
 DPI = 100
@@ -78,32 +78,6 @@ def read_stats(path: str | os.PathLike) -> list[dict]:
 # ------------------------------------------------------------------ writing
 
 
-def _write_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
-    """Let `write` fill a temporary file beside `path`, then rename it onto `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Same folder, so os.replace is a rename within one file system; hidden and unique, so
-    # concurrent writers of the same picture never share a temporary file. Created with O_EXCL
-    # and mode 0o666 (not mkstemp's 0o600) so the final PNG gets the usual umask permissions.
-    temporary = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.png"
-    os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    try:
-        write(temporary)
-        descriptor = os.open(temporary, os.O_RDWR)
-        try:
-            os.fsync(descriptor)  # the data is on disk before the name points at it
-        finally:
-            os.close(descriptor)
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
-    return path
-
-
 def _new_figure(size: tuple[float, float]) -> Figure:
     figure = Figure(figsize=size, dpi=DPI, layout="constrained", facecolor="white")
     FigureCanvasAgg(figure)
@@ -113,7 +87,7 @@ def _new_figure(size: tuple[float, float]) -> Figure:
 def _save_figure(figure: Figure, path: str | os.PathLike) -> Path:
     """Write a figure as PNG atomically and free what it holds."""
     try:
-        return _write_atomically(path, lambda target: figure.savefig(target, format="png", dpi=DPI))
+        return write_atomically(path, lambda target: figure.savefig(target, format="png", dpi=DPI))
     finally:
         # No pyplot registry holds these figures, so once dropped they are garbage. Artists and
         # figure refer to each other, so the cyclic collector frees them (bounded, not a leak);
@@ -534,4 +508,4 @@ def real_vs_fake(real: np.ndarray, fake: np.ndarray, path: str | os.PathLike, co
     for grid, left, text in zip(grids, lefts, ("real", "generated")):
         # Anchored at the middle of the label strip, centred over its grid.
         draw.text((left + grid.shape[1] / 2, label_h / 2 + scale), text, fill=(40, 40, 40), font=font, anchor="mm")
-    return _write_atomically(path, lambda target: save_png(np.asarray(picture), target))
+    return save_png(np.asarray(picture), path)  # itself atomic

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from facegan.files import write_atomically
+
 
 def make_grid(
     images: np.ndarray, nrow: int | None = None, padding: int = 2, pad_value: int = 255
@@ -34,15 +36,7 @@ def save_png(image: np.ndarray, path: str | os.PathLike, scale: int = 1) -> Path
     Written to a temporary file and renamed, so a killed process or a full disk never leaves a
     half-written PNG under the final name.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     picture = Image.fromarray(image)
     if scale != 1:
         picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        picture.save(temporary, format="PNG")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
+    return write_atomically(path, lambda temporary: picture.save(temporary, format="PNG"))

@@ -35,6 +35,7 @@ from torch import nn
 from facegan import plots, viz
 from facegan.data import PreparedDataset, open_prepared
 from facegan.errors import FaceganError
+from facegan.files import write_atomically
 from facegan.metrics import fid as fid_math
 from facegan.metrics.inception import RESIZE_MODE, Inception, features, load_inception
 from facegan.train.checkpoint import (
@@ -157,16 +158,14 @@ def _read_cached(path: Path, key: dict) -> np.ndarray | None:
 
 
 def _write_cached(path: Path, key: dict, values: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as stream:
+    def write(temporary: Path) -> None:
+        with open(temporary, "wb") as stream:  # a stream, since np.savez adds .npz to a name without it
             np.savez(stream, key=np.array(json.dumps(key, sort_keys=True)), features=values)
-        os.replace(temporary, path)
+
+    try:
+        write_atomically(path, write)
     except OSError as error:
         warn(f"could not cache the real features in {path} ({error.strerror or error}); they will be computed again next time.")
-    finally:
-        Path(temporary).unlink(missing_ok=True)
 
 
 def real_features(dataset: PreparedDataset, count: int, network: Inception, *, batch_size: int | None = None,

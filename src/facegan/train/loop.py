@@ -27,6 +27,7 @@ from facegan.augment import diff_augment, random_flip
 from facegan.config import TrainConfig, changed_on_resume, validate
 from facegan.data import PreparedDataset, open_prepared
 from facegan.errors import FaceganError, Interrupted
+from facegan.files import write_atomically
 from facegan.losses import LOSSES, gradient_penalty, r1_penalty
 from facegan.models import build_models
 from facegan.paths import output_dir
@@ -507,9 +508,8 @@ def _truncate_stats(path: Path, step: int) -> None:
     if not path.exists():
         return
     kept = [r for r in plots.read_stats(path) if r.get("step", 0) <= step]
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-    os.replace(temporary, path)
+    text = "".join(json.dumps(r) + "\n" for r in kept)
+    write_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
 
 @reporting_disk_errors("the epoch's samples and plots")
