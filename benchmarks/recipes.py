@@ -10,17 +10,22 @@
         --results benchmarks/results/recipes-$d.json --work /tmp/recipes-work-$d &
     done; wait
     python benchmarks/recipes.py --report --results benchmarks/results/recipes-celeba-89.json
+    # the README's longer comparison of dcgan and facegan (one cost per image, so equal epochs)
+    python benchmarks/recipes.py --threads 2 --same-epochs 12 --samples 1000 --seeds 1 \
+      --presets dcgan,facegan --datasets celeba-89 --results benchmarks/results/recipes-celeba-89-12epochs.json
 
 For each dataset (the built-in synthetic faces, and the 8,000 real CelebA faces of
 ../shared/data/celeba-89) the images are split once into a training set and a held-out set that
 training never sees. Each preset trains through facegan's own `train()` for the same wall-clock
-budget on the CPU: its speed is timed once, before any run of the dataset starts, and each of its
-runs gets the whole number of epochs nearest to the budget at that speed (so that learning-rate
-decay ends where the run ends). Its generator (the EMA when the preset keeps one) is then
-measured against the held-out real images with the standard Inception network: FID, KID, and
-precision/recall (low recall shows mode collapse). Every loss of every step logged is checked
-for NaN or infinity, and rollbacks are counted. With --seeds N the two best presets by FID (seed
-0) are trained again with seeds 1..N-1 and reported as mean and spread.
+budget on the CPU: its speed is timed once, before any run of the dataset starts (all presets
+in turns, a median over cycles), and each of its runs gets the whole number of epochs
+nearest to the budget at that speed (so that learning-rate decay ends where the run ends). With
+--same-epochs N every preset trains N epochs instead, for presets of one cost per image. Each
+run's generator (the EMA when the preset keeps one) is then measured against the held-out real
+images with the standard Inception network: FID, KID, and precision/recall (low recall shows
+mode collapse). Every loss of every step logged is checked for NaN or infinity, and rollbacks
+are counted. With --seeds N the two best presets by FID (seed 0) are trained again with seeds
+1..N-1 and reported as mean and spread.
 
 The whole benchmark is hours of CPU, more than one sitting. `--results FILE` keeps the plan (the
 settings, the number format, each preset's measured speed and epochs) and every finished run, and
@@ -45,7 +50,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from facegan.config import PRESETS, from_preset
+from facegan.config import PRESETS, TrainConfig, from_preset
 from facegan.data import open_prepared
 from facegan.data.prepare import prepare
 from facegan.data.prepared import write_subset
@@ -80,25 +85,35 @@ def split_dataset(name: str, work: Path, held_out: int) -> tuple[Path, Path]:
     return train_set.path, test_set.path
 
 
-def images_per_second(config, data: Path, cycles: int = 12) -> float:
-    """Training speed of a config, in images drawn per second, as the loop draws them.
+def images_per_second(configs: dict[str, TrainConfig], data: Path, cycles: int = 12) -> dict[str, float]:
+    """Training speed of each config, in images drawn per second, as the loop draws them.
 
-    A cycle is one G update with its D updates (d_steps batches). The first two cycles pay one-off
-    costs and are not timed; the speed is that of the median of the next `cycles` (at least 4 D/G
-    cycles), so that a moment of load on the machine does not hand one preset a shorter budget.
+    A cycle is one G update with its D updates (d_steps batches). The first two cycles of each
+    config pay one-off costs and are not timed; its speed is that of the median of the next ones,
+    `cycles` batches' worth (at least 4 cycles). The configs take turns, one cycle each, so that a
+    slow spell of a shared machine falls on all of them alike. That still leaves noise: one DCGAN
+    cycle took 2.2 to 4.4 s here, and two identical configs timed together measured 48.6 and 52.6
+    images/s (with the fastest cycle in place of the median, 48.6 and 52.0). For presets of one
+    cost per image, --same-epochs compares them without timing.
     """
-    dataset, device = open_prepared(data), resolve_device(config.device)
-    state = build_state(config, dataset.resolution, device)
-    batches = iter(BatchSource(dataset, device).epoch(config.batch_size, seed=0, epoch=0))
-    seconds = []
-    for _ in range(2 + max(4, cycles // config.d_steps)):
-        start = time.perf_counter()
-        for i in range(config.d_steps):
-            train_step(state, to_model_input(next(batches)), config, update_g=i == config.d_steps - 1)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)  # the steps are queued, not done, until the GPU says so
-        seconds.append(time.perf_counter() - start)
-    return config.d_steps * config.batch_size / statistics.median(seconds[2:])
+    dataset = open_prepared(data)
+    timings = {}
+    for name, config in configs.items():
+        device = resolve_device(config.device)
+        batches = iter(BatchSource(dataset, device).epoch(config.batch_size, seed=0, epoch=0))
+        timings[name] = (config, device, build_state(config, dataset.resolution, device), batches, [])
+    for turn in range(2 + max(4, cycles // min(c.d_steps for c in configs.values()))):
+        for config, device, state, batches, seconds in timings.values():
+            if turn >= 2 + max(4, cycles // config.d_steps):
+                continue  # this config has had its cycles
+            start = time.perf_counter()
+            for i in range(config.d_steps):
+                train_step(state, to_model_input(next(batches)), config, update_g=i == config.d_steps - 1)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)  # the steps are queued, not done, until the GPU says so
+            seconds.append(time.perf_counter() - start)
+    return {name: config.d_steps * config.batch_size / statistics.median(seconds[2:])
+            for name, (config, _, _, _, seconds) in timings.items()}
 
 
 def preset_config(preset: str, data: Path, work: Path, overrides: dict, **settings):
@@ -125,7 +140,8 @@ def run_preset(preset: str, seed: int, epochs: int, data: Path, held_out: Path, 
 def print_table(dataset: str, plan: dict, rows: list[dict], metrics: list[str]) -> None:
     keys = [k for k in rows[0] if k.startswith(tuple(metrics)) and not k.endswith("_std")]
     where = "CPU" if plan.get("device", "cpu") == "cpu" else plan["device"].upper()
-    print(f"\n{dataset}: {plan['minutes']:g} min of {where} training per run ({plan['threads']} thread(s), {plan['precision']}), "
+    budget = f"{plan['same_epochs']} epochs" if plan.get("same_epochs") else f"{plan['minutes']:g} min"
+    print(f"\n{dataset}: {budget} of {where} training per run ({plan['threads']} thread(s), {plan['precision']}), "
           f"metrics against {plan['samples']:,} held-out real images ({', '.join(metrics)}); "
           "lower FID/KID is better, higher precision/recall is better\n")
     header = (f"{'preset':<10}{'seeds':>6}{'epochs':>7}{'G steps':>8}{'min':>6}{'img/s':>7}" + "".join(f"{k:>17}" for k in keys)
@@ -153,7 +169,7 @@ def print_table(dataset: str, plan: dict, rows: list[dict], metrics: list[str]) 
 
 
 def contact_sheet(grids: Path, dataset: str, presets: list[str], out: Path) -> Path | None:
-    """One picture per dataset: the first two rows of each preset's last grid (seed 0), labelled."""
+    """One picture for a dataset, written to `out`: the first two rows of each preset's last grid (seed 0), labelled."""
     strips = []
     for preset in presets:
         path = grids / f"recipes-{dataset}-{preset}.png"
@@ -171,9 +187,9 @@ def contact_sheet(grids: Path, dataset: str, presets: list[str], out: Path) -> P
         sheet.paste(strip, (label, top))
         draw.text((6, top + strip.height // 2 - 6), preset, fill="black")
         top += strip.height
-    out.mkdir(parents=True, exist_ok=True)
-    sheet.save(out / f"recipes-{dataset}.png")
-    return out / f"recipes-{dataset}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+    return out
 
 
 def load_results(path: Path | None, results: dict | None, settings: dict) -> dict:
@@ -181,6 +197,7 @@ def load_results(path: Path | None, results: dict | None, settings: dict) -> dic
     if results is None:
         return {"settings": settings, "datasets": {}}
     results["settings"].setdefault("device", "cpu")  # files from before --device were all made on the CPU
+    results["settings"].setdefault("same_epochs", None)  # and those from before --same-epochs were timed
     mismatched = [k for k in settings if k in FIXED and results["settings"].get(k) != settings[k]]
     if mismatched:
         made = ", ".join(f"{k}={results['settings'][k]!r}" for k in mismatched)
@@ -196,12 +213,15 @@ def metric_names(samples: int) -> list[str]:
 
 
 # What a results file's runs must share with the runs that continue it.
-FIXED = ("minutes", "samples", "sngan_width", "precision", "device")
+FIXED = ("minutes", "same_epochs", "samples", "sngan_width", "precision", "device")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=20.0, help="training budget per run (default 20)")
+    parser.add_argument("--same-epochs", type=int, default=None, metavar="N",
+                        help="train every preset N epochs instead of --minutes: the same images seen, so the same "
+                             "compute for presets of one cost per image (dcgan and facegan), with no timing noise")
     parser.add_argument("--datasets", default="synthetic,celeba-89")
     parser.add_argument("--presets", default=",".join(PRESETS), help="presets, in the order to train them")
     parser.add_argument("--samples", type=int, default=2000, help="generated and held-out real images per metric (default 2000)")
@@ -221,7 +241,8 @@ def main() -> None:
                         help="torch.compile of G and D, as `facegan train --compile` (default off: compiling takes minutes of the budget)")
     parser.add_argument("--report", action="store_true", help="only print the tables of --results")
     parser.add_argument("--sheet", type=Path, default=None,
-                        help="with --report and --grids: write DIR/recipes-DATASET.png, two rows of each preset's last grid")
+                        help="with --report and --grids: write DIR/RESULTS.png (RESULTS-DATASET.png where the file holds several "
+                             "datasets), two rows of each preset's last grid")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads per run (default: torch's); 1 lets two datasets run side by side on two cores")
     args = parser.parse_args()
@@ -235,12 +256,14 @@ def main() -> None:
         for dataset, entry in results["datasets"].items():
             print_table(dataset, {**results["settings"], **entry}, entry["rows"], metric_names(results["settings"]["samples"]))
             if args.grids is not None and args.sheet is not None:
-                contact_sheet(args.grids, dataset, list(entry["epochs"]), args.sheet)
+                name = args.results.stem if len(results["datasets"]) == 1 else f"{args.results.stem}-{dataset}"
+                contact_sheet(args.grids, dataset, list(entry["epochs"]), args.sheet / f"{name}.png")
         return
     metrics = metric_names(args.samples)
     precision = args.precision or (saved["settings"]["precision"] if saved is not None else None)
     device = resolve_device(args.device)
-    settings = {"minutes": args.minutes, "samples": args.samples, "sngan_width": args.sngan_width, "device": device.type,
+    settings = {"minutes": None if args.same_epochs else args.minutes, "same_epochs": args.same_epochs,
+                "samples": args.samples, "sngan_width": args.sngan_width, "device": device.type,
                 "precision": precision or resolve_precision("auto", device).name, "threads": torch.get_num_threads()}
     results = load_results(args.results, saved, settings)
     work = args.work or Path(tempfile.mkdtemp(prefix="facegan-recipes-"))
@@ -273,12 +296,12 @@ def main() -> None:
                 raise SystemExit(f"{args.results} planned {dataset} for the presets {', '.join(entry['epochs'])}; "
                                  "continue it with those, or start another --results file.")
             if entry is None:
-                # Every preset's speed is measured once, before any training and under the same
-                # conditions, and each gets the whole epochs nearest to the budget at its speed (so
-                # that learning-rate decay ends where the run ends); every seed of it, in any later
-                # sitting, trains that many.
-                rates = {p: images_per_second(preset_config(p, data, work, overrides(p), seed=0), data) for p in presets}
-                epochs = {p: max(1, round(args.minutes * 60 * r / len(open_prepared(data)))) for p, r in rates.items()}
+                # Every preset's speed is measured once, before any training, in turns (so under
+                # the same conditions), and each gets the whole epochs nearest to the budget at its
+                # speed (so that learning-rate decay ends where the run ends); every seed of it, in
+                # any later sitting, trains that many.
+                rates = images_per_second({p: preset_config(p, data, work, overrides(p), seed=0) for p in presets}, data)
+                epochs = {p: args.same_epochs or max(1, round(args.minutes * 60 * r / len(open_prepared(data)))) for p, r in rates.items()}
                 entry = results["datasets"][dataset] = {"images_per_s": rates, "epochs": epochs, "rows": []}
                 print(f"{dataset} images/s: {json.dumps({p: round(r, 1) for p, r in rates.items()})}, epochs: {json.dumps(epochs)}",
                       file=sys.stderr, flush=True)
