@@ -246,6 +246,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads per run (default: torch's); 1 lets two datasets run side by side on two cores")
     args = parser.parse_args()
+    if args.same_epochs is not None and args.same_epochs < 1:
+        parser.error(f"--same-epochs must be a whole number of epochs, 1 or more, not {args.same_epochs}.")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     saved = json.loads(args.results.read_text()) if args.results is not None and args.results.exists() else None
