@@ -19,13 +19,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from facegan.config import TrainConfig
 from facegan.data import open_prepared
+from facegan.generation import latents, load_generator, sampler
 from facegan.metrics import fid as fid_math
 from facegan.metrics.evaluate import generated_features, real_features
 from facegan.metrics.inception import features, load_inception
-from facegan.sample import _build_generator, latents
-from facegan.train.checkpoint import newest_good_checkpoint
+from facegan.train.checkpoint import resolve_checkpoint
 
 
 def blurred(images: np.ndarray, size: int = 16) -> np.ndarray:
@@ -69,17 +68,16 @@ def main() -> None:
     rows = {name: features(network, iter([images]), total=len(images))
             for name, images in (("training reals", train), ("... + noise sd 25", noisy(train)), ("... blurred to 16x16", blurred(train)))}
     if args.run is not None:
-        path, checkpoint = newest_good_checkpoint(args.run)
-        config = TrainConfig.from_dict(checkpoint["config"])
-        kinds = [("raw G", checkpoint["generator"], False)]
+        path, checkpoint = resolve_checkpoint(args.run)
+        kinds = [("raw G", "raw", False)]
         if "generator_ema" in checkpoint:
-            kinds += [("EMA (G's BN statistics)", checkpoint["generator_ema"], False),
-                      ("EMA (standing BN statistics)", checkpoint["generator_ema"], True)]
-        for name, weights, standing in kinds:
-            generator = _build_generator(path, weights, config).eval()
+            kinds += [("EMA (G's BN statistics)", "ema", False), ("EMA (standing BN statistics)", "ema", True)]
+        for name, which, standing in kinds:
+            generator, config = load_generator(path, "cpu", which=which)
             if standing:
                 standing_statistics(generator, config.latent_dim)
-            rows[f"{name}, step {checkpoint['step']}"] = generated_features(generator, config.latent_dim, args.count, network)
+            rows[f"{name}, step {checkpoint['step']}"] = generated_features(sampler(generator, config.latent_dim),
+                                                                           args.count, network)
     print(f"\nagainst {len(reference):,} held-out real images of {args.held_out}\n")
     print(f"{'images':<40}{'FID':>9}{'precision':>11}{'recall':>8}")
     reference_stats = fid_math.gaussian_stats(reference)

@@ -55,13 +55,16 @@ from facegan.data import open_prepared
 from facegan.data.prepare import prepare
 from facegan.data.prepared import write_subset
 from facegan.files import write_atomically
-from facegan.metrics.evaluate import evaluate_generator
+from facegan.generation import load_generator, sampler
+from facegan.metrics.evaluate import evaluate
 from facegan.plots import read_stats
-from facegan.sample import load_generator
+from facegan.precision import resolve_precision
+from facegan.runtime import resolve_device
 from facegan.train.batches import BatchSource, to_model_input
 from facegan.train.checkpoint import newest_good_checkpoint
-from facegan.train.loop import build_state, resolve_device, train, train_step
-from facegan.train.precision import resolve_precision
+from facegan.train.loop import train
+from facegan.train.state import build_state
+from facegan.train.step import train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FACEGAN_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -108,7 +111,8 @@ def images_per_second(configs: dict[str, TrainConfig], data: Path, cycles: int =
                 continue  # this config has had its cycles
             start = time.perf_counter()
             for i in range(config.d_steps):
-                train_step(state, to_model_input(next(batches)), config, update_g=i == config.d_steps - 1)
+                images, labels = next(batches)
+                train_step(state, to_model_input(images), config, update_g=i == config.d_steps - 1, labels=labels)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)  # the steps are queued, not done, until the GPU says so
             seconds.append(time.perf_counter() - start)
@@ -131,7 +135,7 @@ def run_preset(preset: str, seed: int, epochs: int, data: Path, held_out: Path, 
     losses = [r[k] for r in stats for k in ("loss_d", "loss_g") if k in r]
     device = resolve_device(config.device)
     generator, saved = load_generator(run_dir, device)
-    values = evaluate_generator(generator, saved.latent_dim, held_out, metrics, device=device, seed=seed)
+    values = evaluate(sampler(generator, saved.latent_dim), held_out, metrics, device=device, seed=seed)
     return {"preset": preset, "seed": seed, "epochs": epochs, "steps": newest_good_checkpoint(run_dir)[1]["step"],
             "minutes": seconds / 60, "nan": not all(math.isfinite(v) for v in losses),
             "rollbacks": sum(1 for r in stats if r.get("event") == "rollback"), "run_dir": str(run_dir), **values}

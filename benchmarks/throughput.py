@@ -38,9 +38,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from facegan.config import from_preset
 from facegan.data import open_prepared
 from facegan.data.prepare import prepare
+from facegan.precision import fast_bf16
+from facegan.runtime import resolve_device
 from facegan.train.batches import BatchSource, to_model_input
-from facegan.train.loop import build_state, resolve_device, train_step
-from facegan.train.precision import fast_bf16
+from facegan.train.state import build_state
+from facegan.train.step import train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 CELEBA_JPEGS = Path(os.environ.get("FACEGAN_SHARED_DATA", ROOT.parent / "shared" / "data")) / "celeba" / "img_align_celeba"
@@ -193,11 +195,13 @@ def time_facegan(config, source: BatchSource, steps: int, warmup: int, device: t
     state = build_state(config, source.dataset.resolution, device)
     batches = _forever(source, config.batch_size)
     for _ in range(warmup):
-        train_step(state, to_model_input(next(batches)), config)
+        images, labels = next(batches)
+        train_step(state, to_model_input(images), config, labels=labels)
     _sync(device)
     start = time.perf_counter()
     for _ in range(steps):
-        out = train_step(state, to_model_input(next(batches)), config)
+        images, labels = next(batches)
+        out = train_step(state, to_model_input(images), config, labels=labels)
     float(out["loss_d"])  # the loop reads losses back only when it logs; once here ends the timing
     _sync(device)
     return steps * config.batch_size / (time.perf_counter() - start)
@@ -237,7 +241,8 @@ import sys, torch
 from facegan.config import from_preset
 from facegan.data import open_prepared
 from facegan.train.batches import BatchSource, to_model_input
-from facegan.train.loop import build_state, train_step
+from facegan.train.state import build_state
+from facegan.train.step import train_step
 
 def rss():
     fields = dict(line.split(':', 1) for line in open('/proc/self/status'))
@@ -249,10 +254,10 @@ config = from_preset('dcgan', data=data, device='cpu')
 state = build_state(config, dataset.resolution, torch.device('cpu'))
 source = BatchSource(dataset, torch.device('cpu'))
 peak_anon = peak_file = 0.0
-for i, batch in enumerate(source.epoch(128, seed=0, epoch=0)):
+for i, (images, labels) in enumerate(source.epoch(128, seed=0, epoch=0)):
     if i == steps:
         break
-    train_step(state, to_model_input(batch), config)
+    train_step(state, to_model_input(images), config, labels=labels)
     anon, file = rss()
     peak_anon, peak_file = max(peak_anon, anon), max(peak_file, file)
 print(peak_anon, peak_file)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 from facegan import __version__
-from facegan.errors import FaceganError, Interrupted
+from facegan.errors import FaceganError, FaceganWarning, Interrupted
 
 PREPARE_EXAMPLES = """\
 examples:
@@ -261,7 +265,8 @@ _TRAIN_KEYS = ("data", "epochs", "batch_size", "latent_dim", "g_width", "d_width
 def run_train(args: argparse.Namespace) -> None:
     """`facegan train`."""
     from facegan.config import from_preset
-    from facegan.train.loop import resume_config, train
+    from facegan.train.loop import train
+    from facegan.train.rundir import resume_config
 
     overrides = {key: getattr(args, key) for key in _TRAIN_KEYS}
     if args.data is not None:  # absolute, so a run resumes from any directory and compares equal
@@ -306,7 +311,8 @@ def run_export(args: argparse.Namespace) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> None:
     """`facegan evaluate`."""
-    from facegan.metrics.evaluate import evaluate_run, format_table, parse_metrics
+    from facegan.metrics.evaluate import evaluate_run, format_table
+    from facegan.metrics.names import parse_metrics
 
     metrics = parse_metrics(args.metrics)  # a misspelt metric fails before the network loads
     records = evaluate_run(args.run, dataset=args.data, metrics=metrics, checkpoint=args.checkpoint, device=args.device,
@@ -316,7 +322,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
 
 def run_fid(args: argparse.Namespace) -> None:
     """`facegan fid`."""
-    from facegan.metrics.evaluate import fid_folders
+    from facegan.metrics.folders import fid_folders
 
     result = fid_folders(args.a, args.b, network=args.network, device=args.device, batch_size=args.batch_size,
                          progress=not args.quiet)
@@ -338,25 +344,54 @@ def run_info(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `facegan` console script; returns the exit code."""
+    """Entry point of the `facegan` console script; returns the exit code.
+
+    The one error boundary: a FaceganError becomes one sentence on stderr and exit code 1, a
+    FaceganWarning a `facegan: warning:` line, and the library's progress messages (logging)
+    plain lines; nothing below prints on its own.
+    """
     args = build_parser().parse_args(argv)
-    try:
-        args.handler(args)
-    except Interrupted as stop:  # SIGINT: 130, SIGTERM: 143, as if the signal had ended the process
-        print(f"facegan: {stop}", file=sys.stderr)
-        return 128 + stop.signum
-    except FaceganError as error:
-        print(f"facegan: error: {error}", file=sys.stderr)
-        return 1
-    except OSError as error:  # the system's refusal (permissions, a full disk) where no sentence was made for it
-        where = f" ({error.filename})" if error.filename else ""
-        print(f"facegan: error: {error.strerror or error}{where}; check the path, its permissions and the free disk space.",
-              file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("facegan: interrupted; run the same command again (a training run: add --resume RUN).", file=sys.stderr)
-        return 130
+    with _reporting():
+        try:
+            args.handler(args)
+        except Interrupted as stop:  # SIGINT: 130, SIGTERM: 143, as if the signal had ended the process
+            print(f"facegan: {stop}", file=sys.stderr)
+            return 128 + stop.signum
+        except FaceganError as error:
+            print(f"facegan: error: {error}", file=sys.stderr)
+            return 1
+        except OSError as error:  # the system's refusal (permissions, a full disk) where no sentence was made for it
+            where = f" ({error.filename})" if error.filename else ""
+            print(f"facegan: error: {error.strerror or error}{where}; check the path, its permissions and the free disk space.",
+                  file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("facegan: interrupted; run the same command again (a training run: add --resume RUN).", file=sys.stderr)
+            return 130
     return 0
+
+
+@contextlib.contextmanager
+def _reporting() -> Iterator[None]:
+    """While a command runs: facegan's warnings as `facegan: warning: ...` lines (each once), its log as plain lines."""
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        prefix = "facegan: warning: " if issubclass(category, FaceganWarning) else f"{category.__name__}: "
+        print(f"{prefix}{message}", file=sys.stderr)
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("facegan")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    with warnings.catch_warnings():
+        warnings.simplefilter("default", FaceganWarning)
+        warnings.showwarning = show
+        try:
+            yield
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
 
 
 if __name__ == "__main__":

@@ -137,6 +137,9 @@ PRESETS: dict[str, dict] = {
     "facegan": {"flip": True, "ema_kimg": 10.0, "ema_rampup": 0.05, "lr_schedule": "linear", "lr_decay_start": 0.5},
 }
 
+# What the models can be built at: 4x4 doubled n times (models/dcgan.py's stages()).
+RESOLUTIONS = (8, 16, 32, 64, 128, 256, 512, 1024)
+
 # Settings that must not change when a run is resumed: they decide the models' shapes or the
 # meaning of the saved optimizer state.
 RESUME_FIXED = ("model", "latent_dim", "g_width", "d_width", "d_norm", "spectral_norm", "resolution", "loss", "batch_size", "seed", "data", "synthetic_count")
@@ -182,7 +185,7 @@ def validate(config: TrainConfig) -> None:
         raise FaceganError(f"unknown model {config.model!r}; choose one of {', '.join(MODELS)}.")
     if config.loss not in LOSSES:
         raise FaceganError(f"unknown loss {config.loss!r}; choose one of {', '.join(LOSSES)}.")
-    if config.resolution is not None and config.resolution not in (8, 16, 32, 64, 128, 256, 512, 1024):
+    if config.resolution is not None and config.resolution not in RESOLUTIONS:
         raise FaceganError(f"resolution must be a power of two from 8 to 1024 (32, 64, 128 are usual), not {config.resolution}.")
     if config.d_norm not in (None, "batch", "layer", "none"):
         raise FaceganError(f"d-norm must be batch, layer or none, not {config.d_norm!r}.")
@@ -210,7 +213,7 @@ def validate(config: TrainConfig) -> None:
     if not isinstance(config.eval_every, int) or isinstance(config.eval_every, bool) or config.eval_every < 0:
         raise FaceganError(f"eval-every must be 0 (never) or a whole number of epochs, not {config.eval_every!r}.")
     if config.eval_every:
-        from facegan.metrics.evaluate import parse_metrics
+        from facegan.metrics.names import parse_metrics
 
         parse_metrics(config.evaluate)  # one sentence for a bad name, before any training
     if config.precision not in ("auto", "fp32", "bf16", "fp16"):

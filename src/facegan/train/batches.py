@@ -5,16 +5,22 @@ from the memory map (resident memory does not grow with the dataset beyond the p
 On a GPU the whole array is copied to device memory once, when it fits, and each batch is
 gathered there: no host-to-device copy per step and no worker processes. Either way the batch
 stays uint8 until the device turns it into floats, a quarter of the bytes moved.
+
+Every batch is a pair (images, labels): labels are the chosen attributes of the same rows as a
+float (B, K) tensor of 0s and 1s on the device, or None when no attribute is chosen.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 
 from facegan.data import PreparedDataset
+from facegan.errors import FaceganError
+
+Batch = tuple[torch.Tensor, "torch.Tensor | None"]
 
 # Keep the dataset on the GPU only when it uses at most this share of the free memory, leaving
 # the rest for activations (CelebA at 64x64 is 2.5 GB; an 80 GB GPU holds it easily).
@@ -22,33 +28,54 @@ _RESIDENT_SHARE = 0.25
 
 
 class BatchSource:
-    """Epochs of uint8 (B, H, W, 3) tensors on `device`, in the order PreparedDataset gives."""
+    """Epochs of (uint8 (B, H, W, 3) images, float (B, K) labels or None) on `device`, in the order PreparedDataset gives."""
 
-    def __init__(self, dataset: PreparedDataset, device: torch.device, *, resident: bool | None = None) -> None:
+    def __init__(self, dataset: PreparedDataset, device: torch.device, *, attributes: Sequence[str] = (),
+                 resident: bool | None = None) -> None:
         self.dataset = dataset
         self.device = device
+        self.attributes = list(attributes)
         if resident is None:
             resident = device.type == "cuda" and dataset.images.nbytes <= _RESIDENT_SHARE * torch.cuda.mem_get_info(device)[0]
         self.resident = resident
+        self._labels = _label_columns(dataset, self.attributes)  # float32 (N, K) in host memory, or None
         self._images = _copy_to(dataset.images, device) if resident else None
+        if resident and self._labels is not None:
+            self._labels = self._labels.to(device)
 
     def epoch(
         self, batch_size: int, *, seed: int, epoch: int, rank: int = 0, world_size: int = 1, skip: int = 0,
-    ) -> Iterator[torch.Tensor]:
+    ) -> Iterator[Batch]:
         """The batches of one epoch, starting after the first `skip` (to resume mid-epoch exactly)."""
         indices = self.dataset.epoch_indices(batch_size, seed=seed, epoch=epoch, rank=rank, world_size=world_size)
         for batch in indices[skip:]:
             if self._images is not None:
-                yield self._images[torch.from_numpy(batch).to(self.device, non_blocking=True)]
-            else:
-                images = torch.from_numpy(self.dataset.take(batch))
-                if self.device.type == "cuda":
-                    images = images.pin_memory()
-                yield images.to(self.device, non_blocking=True)
+                rows = torch.from_numpy(batch).to(self.device, non_blocking=True)
+                yield self._images[rows], (self._labels[rows] if self._labels is not None else None)
+                continue
+            images = torch.from_numpy(self.dataset.take(batch))
+            labels = self._labels[torch.from_numpy(batch)] if self._labels is not None else None
+            if self.device.type == "cuda":
+                images = images.pin_memory()
+            yield images.to(self.device, non_blocking=True), (labels.to(self.device) if labels is not None else None)
 
     def steps_per_epoch(self, batch_size: int, world_size: int = 1) -> int:
         """Full batches each rank draws per epoch."""
         return len(self.dataset) // world_size // batch_size
+
+
+def _label_columns(dataset: PreparedDataset, attributes: list[str]) -> torch.Tensor | None:
+    """The chosen attribute columns as float32 (N, K), or None when none are chosen."""
+    if not attributes:
+        return None
+    if dataset.attributes is None:
+        raise FaceganError(f"{dataset.path} holds no attributes, so it cannot give {', '.join(attributes)}; "
+                           "prepare a source that has them (CelebA, synthetic faces, or a folder with labels).")
+    missing = [name for name in attributes if name not in dataset.attribute_names]
+    if missing:
+        raise FaceganError(f"{dataset.path} has no attribute {', '.join(missing)}; it has {', '.join(dataset.attribute_names)}.")
+    columns = [dataset.attribute_names.index(name) for name in attributes]
+    return torch.from_numpy(np.ascontiguousarray(dataset.attributes[:, columns], dtype=np.float32))
 
 
 def _copy_to(images: np.ndarray, device: torch.device, chunk: int = 8192) -> torch.Tensor:

@@ -8,25 +8,23 @@ a final name is either complete and verified, or refused as damaged, never ambig
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
 import re
-import sys
+import warnings
 from pathlib import Path
 
 import torch
 
-from facegan.errors import FaceganError
-from facegan.files import fsync_directory, other_process_alive
+from facegan.errors import FaceganError, FaceganWarning
+from facegan.files import fsync_directory, other_process_alive, sha256_file
 
 FORMAT = "facegan-checkpoint"
 FORMAT_VERSION = 1
 HASH_FORMAT = "facegan-checkpoint-sha256"
 LATEST = "latest.pt"
 _EPOCH_FILE = re.compile(r"epoch-(\d{4,})\.pt$")
-_HASH_BLOCK = 1 << 20
 
 
 class DamagedCheckpoint(FaceganError):
@@ -69,7 +67,7 @@ def save_checkpoint(state: dict, path: Path) -> None:
             os.fsync(stream.fileno())
         # First the hash file, naming both the new checkpoint and the one still in place, then
         # the checkpoint: a kill between the two renames leaves the old checkpoint, still verified.
-        _write_hash(path, _sha256(temporary), previous=_verified_sha256(path))
+        _write_hash(path, sha256_file(temporary), previous=_verified_sha256(path))
         os.replace(temporary, path)
         fsync_directory(path.parent)
     except (OSError, RuntimeError) as error:
@@ -89,7 +87,7 @@ def verify_checkpoint(path: Path) -> bool:
     if record is None:
         return False
     try:
-        digest = _sha256(path)
+        digest = sha256_file(path)
     except FileNotFoundError:
         raise FaceganError(f"there is no checkpoint at {path}.") from None
     except IsADirectoryError:
@@ -144,12 +142,6 @@ def checkpoints_newest_first(run_dir: Path) -> list[Path]:
     return latest + [path for _, path in sorted(epochs, reverse=True)]
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest checkpoint of a run: latest.pt, else the highest epoch-NNNN.pt (not checked)."""
-    found = checkpoints_newest_first(run_dir)
-    return found[0] if found else None
-
-
 def newest_good_checkpoint(run_dir: Path) -> tuple[Path, dict] | None:
     """The newest checkpoint of a run that is intact, loaded; None if the run has none.
 
@@ -163,16 +155,32 @@ def newest_good_checkpoint(run_dir: Path) -> tuple[Path, dict] | None:
         try:
             checkpoint = load_checkpoint(path)
         except DamagedCheckpoint as error:
-            print(f"facegan: warning: {error} Trying an older checkpoint.", file=sys.stderr)
+            warnings.warn(f"{error} Trying an older checkpoint.", FaceganWarning, stacklevel=2)
             continue
         if not hash_path(path).exists():
-            print(f"facegan: warning: {path} has no {hash_path(path).name} (written by an older facegan); "
-                  "using it unverified.", file=sys.stderr)
+            warnings.warn(f"{path} has no {hash_path(path).name} (written by an older facegan); using it unverified.",
+                          FaceganWarning, stacklevel=2)
         return path, checkpoint
     raise FaceganError(
         f"all {len(candidates)} checkpoints of {run_dir} are damaged (see the warnings above); the run cannot "
         "continue: start a new run."
     )
+
+
+NOT_A_RUN = "give a run directory (runs/NNNNN-preset) or a checkpoint file"
+
+
+def resolve_checkpoint(source: str | os.PathLike) -> tuple[Path, dict]:
+    """A run directory's newest intact checkpoint, or a checkpoint file, loaded: what sample, export and evaluate read."""
+    source = Path(source).expanduser()
+    if source.is_dir():
+        found = newest_good_checkpoint(source)
+        if found is None:
+            raise FaceganError(f"{source} holds no checkpoint; give a run directory that has trained at least one epoch.")
+        return found
+    if not source.exists():
+        raise FaceganError(f"{source} does not exist; {NOT_A_RUN}.")
+    return source, load_checkpoint(source)
 
 
 def nonfinite_tensor(tree: object) -> str | None:
@@ -202,14 +210,6 @@ def _floating_tensors(tree: object, prefix: str):
             yield from _floating_tensors(value, f"{prefix}.{index}" if prefix else str(index))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while block := stream.read(_HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _read_hash(path: Path) -> dict | None:
     """The hash file's record, None if there is none."""
     try:
@@ -227,7 +227,7 @@ def _verified_sha256(path: Path) -> str | None:
     """The SHA-256 of the checkpoint now at `path` if it is intact (or predates hash files), else None."""
     if not path.is_file():
         return None
-    digest = _sha256(path)
+    digest = sha256_file(path)
     try:
         record = _read_hash(path)
     except DamagedCheckpoint:

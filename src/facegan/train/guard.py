@@ -5,25 +5,27 @@
 - `stop_on_signals`: SIGTERM (a cluster's preemption) and SIGINT (Ctrl-C) only set a flag; the
   loop reads it at the next step boundary, writes a checkpoint and stops cleanly.
 - `DivergenceGuard`: notices a non-finite loss or weight, so the loop can roll back instead of
-  saving NaNs.
-- `reporting_disk_errors`: a full (or read-only) disk ends in one sentence, not a traceback.
+  saving NaNs; `roll_back` restores the last good checkpoint with lower learning rates.
 """
 
 from __future__ import annotations
 
-import errno
-import functools
 import os
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-from facegan.errors import FaceganError
+from facegan.config import TrainConfig
+from facegan.errors import FaceganError, FaceganWarning
+from facegan.train.checkpoint import load_checkpoint, nonfinite_tensor
+from facegan.train.rundir import STATS, append_stats, truncate_stats
+from facegan.train.state import TrainState, build_state, restore_state
 
 try:
     import fcntl
@@ -116,8 +118,6 @@ class DivergenceGuard:
         if (read or self.every_step) and bool(self.nonfinite):
             return "a non-finite loss"
         if checkpoint is not None:
-            from facegan.train.checkpoint import nonfinite_tensor
-
             name = nonfinite_tensor(checkpoint)
             if name is not None:
                 return f"non-finite values in {name}"
@@ -128,34 +128,40 @@ class DivergenceGuard:
         self.nonfinite.zero_()
 
 
-_ADVICE = {
-    errno.ENOSPC: "free some disk space",
-    errno.EDQUOT: "free some of your disk quota",
-    errno.EROFS: "choose a writable place",
-    errno.EACCES: "fix the permissions",
-    errno.EPERM: "fix the permissions",
-}
+def roll_back(state: TrainState, config: TrainConfig, guard: DivergenceGuard, rollbacks: int, reason: str, *,
+              last_good: Path | None, fixed_noise: torch.Tensor, run_dir: Path | None) -> int:
+    """Restore the last good checkpoint (or the run's start) with lower learning rates; return the rollbacks so far.
 
-
-def describe_os_error(error: Exception, what: str, then: str) -> str:
-    """One sentence for an OSError while writing `what`: the file, the reason, what to do `then`."""
-    target = getattr(error, "filename", None) or what
-    reason = getattr(error, "strerror", None) or (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
-    advice = _ADVICE.get(getattr(error, "errno", None), "check the disk")
-    return f"could not write {target} ({reason}); {advice}, {then}."
-
-
-def reporting_disk_errors(what: str, then: str = "then resume the run: its last checkpoint is intact") -> Callable:
-    """Decorate a writer so that an OSError (a full disk, a read-only one) becomes one FaceganError sentence."""
-
-    def decorate(function: Callable) -> Callable:
-        @functools.wraps(function)
-        def wrapper(*args, **kwargs):
-            try:
-                return function(*args, **kwargs)
-            except OSError as error:
-                raise FaceganError(describe_os_error(error, what, then)) from None
-
-        return wrapper
-
-    return decorate
+    After `config.max_rollbacks` of them the run ends in one sentence saying how to go on. The
+    diverged steps' records leave stats.jsonl (rank 0); a `rollback` event takes their place.
+    """
+    at_step = state.step
+    if rollbacks >= config.max_rollbacks:
+        lower = state.opt_g.param_groups[0]["lr"] * config.rollback_lr_factor
+        advice = (f"resume from its last good checkpoint with a lower learning rate, as in "
+                  f"`facegan train --resume {run_dir} --lr {lower:.1e}`" if last_good is not None and run_dir is not None
+                  else f"start again with a lower learning rate (--lr {lower:.1e})")
+        raise FaceganError(f"training diverged ({reason} at step {at_step}) after {rollbacks} rollback{'' if rollbacks == 1 else 's'} "
+                           f"(max-rollbacks {config.max_rollbacks}); {advice}.")
+    lowered = [[group["lr"] * config.rollback_lr_factor for group in opt.param_groups] for opt in (state.opt_g, state.opt_d)]
+    lr_scale = state.lr_scale * config.rollback_lr_factor  # what the schedule multiplies from now on
+    if last_good is not None:
+        checkpoint = load_checkpoint(last_good)
+    else:  # nothing saved yet: the run's start, rebuilt from its seed
+        checkpoint = build_state(config, config.resolution, fixed_noise.device).to_checkpoint(config, fixed_noise)
+    restore_state(state, checkpoint)
+    state.lr_scale = lr_scale
+    for optimizer, rates in zip((state.opt_g, state.opt_d), lowered):
+        for group, lr in zip(optimizer.param_groups, rates):
+            group["lr"] = lr
+    guard.reset()
+    rollbacks += 1
+    lr_g, lr_d = lowered[0][0], lowered[1][0]
+    if run_dir is not None:
+        truncate_stats(run_dir / STATS, state.step)
+        append_stats(run_dir / STATS, {"event": "rollback", "reason": reason, "from_step": at_step, "to_step": state.step,
+                                       "rollback": rollbacks, "lr_g": lr_g, "lr_d": lr_d})
+    warnings.warn(f"training diverged ({reason} at step {at_step}); rolled back to step {state.step} "
+                  f"with learning rates G {lr_g:.2e}, D {lr_d:.2e} (rollback {rollbacks} of at most {config.max_rollbacks}).",
+                  FaceganWarning, stacklevel=2)
+    return rollbacks

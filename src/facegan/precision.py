@@ -52,11 +52,9 @@ class Precision:
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, dtype=self.dtype)
 
-    def scaler(self) -> torch.amp.GradScaler | None:
-        """A gradient scaler for float16 (whose gradients underflow without one); None otherwise."""
-        if self.name != "fp16":
-            return None
-        return torch.amp.GradScaler(self.device_type)
+    def scaler(self) -> torch.amp.GradScaler:
+        """The step's gradient scaler: active for float16 (whose gradients underflow without one), a pass-through otherwise."""
+        return torch.amp.GradScaler(self.device_type, enabled=self.name == "fp16")
 
 
 def resolve_precision(name: str, device: torch.device) -> Precision:

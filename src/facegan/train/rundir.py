@@ -1,0 +1,107 @@
+"""A run directory: numbering new ones, what a resume may change, and the stats file.
+
+    runs/NNNNN-preset/  config.json  fixed_noise.pt  stats.jsonl  samples/  plots/  checkpoints/
+
+Only rank 0 writes here. A resume reads config.json, applies the user's changes and refuses
+those that would change what fixed the run's models and data.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from facegan import plots, viz
+from facegan.config import TrainConfig, changed_on_resume, validate
+from facegan.data import PreparedDataset
+from facegan.errors import FaceganError
+from facegan.files import reporting_disk_errors, write_atomically
+from facegan.paths import output_dir
+from facegan.train.checkpoint import newest_good_checkpoint
+
+STATS = "stats.jsonl"
+_CHECKPOINT_KEYS = ("config", "generator", "discriminator", "opt_g", "opt_d", "noise_rng", "epoch", "batch_in_epoch",
+                    "step", "fixed_noise")
+
+
+def new_run_dir(runs_dir: Path, preset: str) -> Path:
+    """runs/NNNNN-preset, numbered after the highest run already there."""
+    output_dir(runs_dir, "--runs-dir")
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    numbers = [int(p.name[:5]) for p in runs_dir.iterdir() if p.name[:5].isdigit()]
+    number = max(numbers, default=0) + 1
+    while True:
+        path = runs_dir / f"{number:05d}-{preset}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:  # another run took this number meanwhile
+            number += 1
+
+
+def start_run_dir(config: TrainConfig, fixed_noise: torch.Tensor, dataset: PreparedDataset) -> Path:
+    """A new run directory holding the resolved config, the fixed noise and a grid of real images."""
+    run_dir = new_run_dir(Path(config.runs_dir), config.preset)
+    config.save(run_dir / "config.json")
+    torch.save(fixed_noise.cpu(), run_dir / "fixed_noise.pt")
+    reals = dataset.take(np.arange(min(config.grid_size, len(dataset))))
+    viz.save_png(viz.make_grid(reals), run_dir / "samples" / "reals.png")
+    return run_dir
+
+
+def require_run_dir(run_dir: Path) -> None:
+    """Refuse, in one sentence, what is not a run directory."""
+    if run_dir.is_file():
+        raise FaceganError(f"{run_dir} is a file; --resume takes a run directory (runs/NNNNN-preset), not a checkpoint.")
+    if not (run_dir / "config.json").is_file():
+        raise FaceganError(f"{run_dir} is not a facegan run directory (no config.json); give a directory under runs/.")
+
+
+def resume_config(run_dir: Path, overrides: dict) -> TrainConfig:
+    """A run's saved config with the user's changes (e.g. more --epochs) applied and validated."""
+    require_run_dir(Path(run_dir))
+    saved = TrainConfig.load(Path(run_dir) / "config.json").to_dict()
+    try:
+        config = TrainConfig.from_dict({**saved, **{k: v for k, v in overrides.items() if v is not None}})
+        validate(config)
+    except (TypeError, ValueError, AttributeError) as error:  # a hand-edited config.json of the wrong types
+        raise FaceganError(f"{Path(run_dir) / 'config.json'} is damaged ({error}); fix it or start a new run.") from None
+    return config
+
+
+def checkpoint_to_resume(run_dir: Path, config: TrainConfig) -> tuple[Path, dict]:
+    """The run's newest intact checkpoint and its path, refusing changes to what fixed the run's models and data."""
+    found = newest_good_checkpoint(run_dir)
+    if found is None:
+        raise FaceganError(f"{run_dir} has no checkpoint yet, so there is nothing to resume; start a new run.")
+    path, checkpoint = found
+    missing = [key for key in _CHECKPOINT_KEYS if key not in checkpoint]
+    if missing:
+        raise FaceganError(f"{path} is not a complete facegan checkpoint (it lacks {', '.join(missing)}).")
+    changed = changed_on_resume(TrainConfig.from_dict(checkpoint["config"]), config)
+    if changed:
+        raise FaceganError(
+            f"cannot resume {run_dir} with a different {', '.join(changed)}: these fix the models and data "
+            "of a run; start a new run instead."
+        )
+    return path, checkpoint
+
+
+@reporting_disk_errors(STATS)
+def append_stats(path: Path, record: dict) -> None:
+    """Add one record to stats.jsonl."""
+    with open(path, "a", encoding="utf-8") as stream:
+        stream.write(json.dumps(record) + "\n")
+
+
+@reporting_disk_errors(STATS)
+def truncate_stats(path: Path, step: int) -> None:
+    """Keep only the records up to `step`, so a resumed run's log has no duplicated steps."""
+    if not path.exists():
+        return
+    kept = [r for r in plots.read_stats(path) if r.get("step", 0) <= step]
+    text = "".join(json.dumps(r) + "\n" for r in kept)
+    write_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
