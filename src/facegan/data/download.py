@@ -267,13 +267,34 @@ def _transfer_once(
     url: str, part: Path, rf: RemoteFile, state: _State, timeout: float, progress: bool
 ) -> None:
     """One HTTP request: append the rest of the file to `part`, or rewrite it from byte 0."""
+    offset = _resume_offset(part, rf)
+    if rf.size is not None and offset == rf.size:
+        return  # already whole; the MD5 check decides
+    response = _request(url, part, rf, state, offset, timeout)
+    if response is None:
+        return  # 416 on a whole .part
+    with response:
+        start, total, expected = _body_range(response, url, part, offset, rf)
+        received = _save_body(response, part, rf, start, total, progress)
+    if expected is not None and received < expected:
+        raise _Broken(f"the connection closed after {received:,} of {expected:,} bytes")
+    if rf.size is not None and part.stat().st_size < rf.size:
+        raise _Broken(f"got {part.stat().st_size:,} of {rf.size:,} bytes")
+
+
+def _resume_offset(part: Path, rf: RemoteFile) -> int:
+    """How many bytes of `part` to keep and resume after: its size, or 0 when it cannot be a prefix."""
     offset = part.stat().st_size if part.is_file() else 0
     if rf.size is not None and offset > rf.size:
         part.unlink()  # longer than the real file: it cannot be a prefix of it
         offset = 0
-    if rf.size is not None and offset == rf.size:
-        return  # already whole; the MD5 check decides
+    return offset
 
+
+def _request(
+    url: str, part: Path, rf: RemoteFile, state: _State, offset: int, timeout: float
+) -> http.client.HTTPResponse | None:
+    """Send the request (a Range from `offset` when resuming); None when `part` is already whole."""
     headers = {"User-Agent": f"facegan/{__version__}", "Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
@@ -286,9 +307,11 @@ def _transfer_once(
             _raise_for_status(exc, url, part, offset, rf)
         finally:
             exc.close()
-        return  # 416 on a whole .part
+        return None  # 416 on a whole .part
     except urllib.error.URLError as exc:
         reason = exc.reason
+        # Before the mirror has ever answered, a failure that is not a timeout means offline;
+        # after that it is a broken transfer worth retrying.
         if not state.reached and not isinstance(reason, (TimeoutError, socket.timeout)):
             raise _Unreachable(_describe(reason)) from None
         raise _Broken(f"connection failed: {_describe(reason)}") from None
@@ -296,61 +319,73 @@ def _transfer_once(
         # Timeouts and resets while reading the status line or headers.
         raise _Broken(_describe(exc)) from None
     state.reached = True
+    return response
 
-    with response:
-        status = getattr(response, "status", None) or 200
-        start, total = 0, None
-        if status == 206:
-            start, total = _parse_content_range(response.headers.get("Content-Range"), url)
-            if start > offset:
-                # A gap we cannot fill: start over.
-                part.unlink(missing_ok=True)
-                raise _Broken(f"the server resumed at byte {start} instead of {offset}")
-        elif not 200 <= status < 300:
-            raise FaceganError(f"{url} answered HTTP {status}; check the mirror URL")
-        # 200 (server ignored Range, or no Range sent): the body is the whole file.
-        length_header = response.headers.get("Content-Length")
-        expected = int(length_header) if length_header and length_header.isdigit() else None
-        if total is None:
-            total = expected if expected is not None else rf.size
 
-        mode = "r+b" if start > 0 else "wb"
-        # read1 returns what has arrived, so a timeout or reset loses nothing already received.
-        read = getattr(response, "read1", response.read)
-        received = 0
-        try:
-            with open(part, mode) as out, tqdm(
-                total=total,
-                initial=start,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc=rf.name,
-                disable=not progress,
-            ) as bar:
-                if start:
-                    out.seek(start)
-                    out.truncate()
-                while True:
-                    try:
-                        chunk = read(_CHUNK)
-                    except (OSError, http.client.HTTPException) as exc:
-                        raise _Broken(f"the transfer broke off: {_describe(exc)}") from None
-                    if not chunk:
-                        break
-                    out.write(chunk)
-                    received += len(chunk)
-                    bar.update(len(chunk))
-        except OSError as exc:  # the disk side: full, read-only, removed
-            raise FaceganError(
-                f"could not write {part} ({exc.strerror or exc}); free some space or choose "
-                f"another folder, then run the command again to resume"
-            ) from None
+def _body_range(
+    response: http.client.HTTPResponse, url: str, part: Path, offset: int, rf: RemoteFile
+) -> tuple[int, int | None, int | None]:
+    """From the status and headers: (byte the body starts at, file size or None, body length or None)."""
+    status = getattr(response, "status", None) or 200
+    start, total = 0, None
+    if status == 206:
+        start, total = _parse_content_range(response.headers.get("Content-Range"), url)
+        if start > offset:
+            # A gap we cannot fill: start over.
+            part.unlink(missing_ok=True)
+            raise _Broken(f"the server resumed at byte {start} instead of {offset}")
+    elif not 200 <= status < 300:
+        raise FaceganError(f"{url} answered HTTP {status}; check the mirror URL")
+    # 200 (server ignored Range, or no Range sent): the body is the whole file.
+    length_header = response.headers.get("Content-Length")
+    expected = int(length_header) if length_header and length_header.isdigit() else None
+    if total is None:
+        total = expected if expected is not None else rf.size
+    return start, total, expected
 
-    if expected is not None and received < expected:
-        raise _Broken(f"the connection closed after {received:,} of {expected:,} bytes")
-    if rf.size is not None and part.stat().st_size < rf.size:
-        raise _Broken(f"got {part.stat().st_size:,} of {rf.size:,} bytes")
+
+def _save_body(
+    response: http.client.HTTPResponse,
+    part: Path,
+    rf: RemoteFile,
+    start: int,
+    total: int | None,
+    progress: bool,
+) -> int:
+    """Write the body into `part` from byte `start`, dropping what lay past it; return bytes received."""
+    mode = "r+b" if start > 0 else "wb"
+    # read1 returns what has arrived, so a timeout or reset loses nothing already received.
+    read = getattr(response, "read1", response.read)
+    received = 0
+    try:
+        with open(part, mode) as out, tqdm(
+            total=total,
+            initial=start,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=rf.name,
+            disable=not progress,
+        ) as bar:
+            if start:
+                out.seek(start)
+                out.truncate()
+            while True:
+                try:
+                    chunk = read(_CHUNK)
+                except (OSError, http.client.HTTPException) as exc:
+                    raise _Broken(f"the transfer broke off: {_describe(exc)}") from None
+                if not chunk:
+                    break
+                out.write(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+    except OSError as exc:  # the disk side: full, read-only, removed
+        raise FaceganError(
+            f"could not write {part} ({exc.strerror or exc}); free some space or choose "
+            f"another folder, then run the command again to resume"
+        ) from None
+    return received
 
 
 def _raise_for_status(

@@ -199,7 +199,19 @@ def sample_params(seed: int, indices: np.ndarray) -> FaceParams:
     """Draw the parameters of faces number `indices` of the synthetic set `seed`."""
     indices = np.atleast_1d(np.asarray(indices, dtype=np.int64))
     d = _Draws(_uniforms(seed, indices, _DRAWS_PER_FACE))
+    # Each draw takes the next column of the table, so these calls must stay in this order
+    # (and new draws go last): reordering them would change every face of every set.
+    flags = _draw_flags(d)
+    colouring = _draw_skin_and_categories(d, flags["hair_color"])
+    head = _draw_pose_and_head(d)
+    hair = _draw_hair_shape(d)
+    features = _draw_features(d)
+    extras = _draw_accessories_and_background(d)
+    return FaceParams(**flags, **colouring, **head, **hair, **features, **extras)
 
+
+def _draw_flags(d: _Draws) -> dict[str, np.ndarray]:
+    """The attribute flags and the hair's colour and style, drawn with CelebA's correlations."""
     # The conditional rates below are solved so that each marginal lands on TARGET_RATES
     # while keeping CelebA's correlations (beards on men, grey hair with age, ...).
     male = d.bern(0.42)
@@ -220,6 +232,24 @@ def sample_params(seed: int, indices: np.ndarray) -> FaceParams:
     eyeglasses = d.bern(np.where(young, 0.05, 0.137))
     smiling = d.bern(0.48)
     pale_skin = d.bern(0.04)
+    return {
+        "male": male,
+        "young": young,
+        "smiling": smiling,
+        "eyeglasses": eyeglasses,
+        "pale_skin": pale_skin,
+        "bald": bald,
+        "bangs": bangs,
+        "wearing_hat": wearing_hat,
+        "beard": beard,
+        "lipstick": lipstick,
+        "hair_color": hair_color.astype(np.int64),
+        "hair_style": hair_style.astype(np.int64),
+    }
+
+
+def _draw_skin_and_categories(d: _Draws, hair_color: np.ndarray) -> dict[str, np.ndarray]:
+    """Skin tone and iris colour (both tied to the hair), then the hat style and frame colour."""
     # Skin is drawn after hair so blond hair goes mostly with lighter skin without moving
     # the hair-colour marginals.
     tone = d.u()
@@ -227,69 +257,84 @@ def sample_params(seed: int, indices: np.ndarray) -> FaceParams:
     skin_tone = np.where(hair_color == BLACK, tone, skin_tone)
     iris_choice = d.u()
     dark_eyes = (skin_tone < 0.5) | (iris_choice < 0.45)
+    # both branches draw, dark first, so every face uses the same columns whichever it gets
     iris_color = np.where(dark_eyes, (d.u() * 2).astype(np.int64), 2 + (d.u() * (len(_IRIS) - 2)).astype(np.int64))
+    return {
+        "skin_tone": skin_tone.astype(np.float32),
+        "iris_color": iris_color.astype(np.int64),
+        "hat_style": (d.u() * 3).astype(np.int64),
+        "glasses_color": (d.u() * len(_FRAMES)).astype(np.int64),
+    }
 
+
+def _draw_pose_and_head(d: _Draws) -> dict[str, np.ndarray]:
+    """Pose jitter, head shape, skin warmth, blush and lighting."""
     f32 = np.float32
-    return FaceParams(
-        male=male,
-        young=young,
-        smiling=smiling,
-        eyeglasses=eyeglasses,
-        pale_skin=pale_skin,
-        bald=bald,
-        bangs=bangs,
-        wearing_hat=wearing_hat,
-        beard=beard,
-        lipstick=lipstick,
-        hair_color=hair_color.astype(np.int64),
-        hair_style=hair_style.astype(np.int64),
-        hat_style=(d.u() * 3).astype(np.int64),
-        iris_color=iris_color.astype(np.int64),
-        glasses_color=(d.u() * len(_FRAMES)).astype(np.int64),
-        shift_x=(d.tri() * 2 - 1).astype(f32),
-        shift_y=(d.tri() * 2 - 1).astype(f32),
-        scale=d.tri().astype(f32),
-        roll=(d.tri() * 2 - 1).astype(f32),
-        head_width=d.tri().astype(f32),
-        head_height=d.tri().astype(f32),
-        jaw=d.u().astype(f32),
-        skin_tone=skin_tone.astype(f32),
-        skin_warmth=(d.u() * 2 - 1).astype(f32),
-        blush=d.u().astype(f32),
-        light=(d.u() * 2 - 1).astype(f32),
-        hair_shade=d.u().astype(f32),
-        hair_volume=d.u().astype(f32),
-        hair_length=d.u().astype(f32),
-        hair_part=(d.u() * 2 - 1).astype(f32),
-        hair_wave=d.u().astype(f32),
-        hairline=d.u().astype(f32),
-        eye_size=d.tri().astype(f32),
-        eye_spacing=d.tri().astype(f32),
-        eye_height=d.tri().astype(f32),
-        eye_tilt=(d.u() * 2 - 1).astype(f32),
-        gaze=(d.tri() * 2 - 1).astype(f32),
-        brow_thickness=d.u().astype(f32),
-        brow_arch=d.u().astype(f32),
-        brow_height=d.tri().astype(f32),
-        nose_length=d.tri().astype(f32),
-        nose_width=d.tri().astype(f32),
-        mouth_width=d.tri().astype(f32),
-        mouth_height=d.tri().astype(f32),
-        lip_fullness=d.u().astype(f32),
-        lip_shade=d.u().astype(f32),
-        glasses_shape=d.u().astype(f32),
-        glasses_size=d.u().astype(f32),
-        sunglasses=d.bern(0.2),
-        beard_style=d.u().astype(f32),
-        stubble=d.u().astype(f32),
-        neckline=d.u().astype(f32),
-        hat_color=d.colour(0.2, 0.85, 0.15, 0.9),
-        cloth_color=d.colour(0.0, 0.8, 0.1, 0.9),
-        bg_color_a=d.colour(0.0, 0.6, 0.25, 0.95),
-        bg_color_b=d.colour(0.0, 0.6, 0.15, 0.9),
-        bg_angle=(d.u() * 2 * np.pi).astype(f32),
-        bg_vignette=d.u().astype(f32),
-    )
+    return {
+        "shift_x": (d.tri() * 2 - 1).astype(f32),
+        "shift_y": (d.tri() * 2 - 1).astype(f32),
+        "scale": d.tri().astype(f32),
+        "roll": (d.tri() * 2 - 1).astype(f32),
+        "head_width": d.tri().astype(f32),
+        "head_height": d.tri().astype(f32),
+        "jaw": d.u().astype(f32),
+        "skin_warmth": (d.u() * 2 - 1).astype(f32),
+        "blush": d.u().astype(f32),
+        "light": (d.u() * 2 - 1).astype(f32),
+    }
+
+
+def _draw_hair_shape(d: _Draws) -> dict[str, np.ndarray]:
+    """The hair's shade within its colour, and its volume, length, parting, wave and hairline."""
+    f32 = np.float32
+    return {
+        "hair_shade": d.u().astype(f32),
+        "hair_volume": d.u().astype(f32),
+        "hair_length": d.u().astype(f32),
+        "hair_part": (d.u() * 2 - 1).astype(f32),
+        "hair_wave": d.u().astype(f32),
+        "hairline": d.u().astype(f32),
+    }
+
+
+def _draw_features(d: _Draws) -> dict[str, np.ndarray]:
+    """Eyes, brows, nose, mouth and lips."""
+    f32 = np.float32
+    return {
+        "eye_size": d.tri().astype(f32),
+        "eye_spacing": d.tri().astype(f32),
+        "eye_height": d.tri().astype(f32),
+        "eye_tilt": (d.u() * 2 - 1).astype(f32),
+        "gaze": (d.tri() * 2 - 1).astype(f32),
+        "brow_thickness": d.u().astype(f32),
+        "brow_arch": d.u().astype(f32),
+        "brow_height": d.tri().astype(f32),
+        "nose_length": d.tri().astype(f32),
+        "nose_width": d.tri().astype(f32),
+        "mouth_width": d.tri().astype(f32),
+        "mouth_height": d.tri().astype(f32),
+        "lip_fullness": d.u().astype(f32),
+        "lip_shade": d.u().astype(f32),
+    }
+
+
+def _draw_accessories_and_background(d: _Draws) -> dict[str, np.ndarray]:
+    """Glasses, beard and clothes shapes, then the hat, clothes and background colours."""
+    f32 = np.float32
+    return {
+        "glasses_shape": d.u().astype(f32),
+        "glasses_size": d.u().astype(f32),
+        "sunglasses": d.bern(0.2),
+        "beard_style": d.u().astype(f32),
+        "stubble": d.u().astype(f32),
+        "neckline": d.u().astype(f32),
+        "hat_color": d.colour(0.2, 0.85, 0.15, 0.9),
+        "cloth_color": d.colour(0.0, 0.8, 0.1, 0.9),
+        "bg_color_a": d.colour(0.0, 0.6, 0.25, 0.95),
+        "bg_color_b": d.colour(0.0, 0.6, 0.15, 0.9),
+        "bg_angle": (d.u() * 2 * np.pi).astype(f32),
+        "bg_vignette": d.u().astype(f32),
+    }
 
 
 def attributes(params: FaceParams) -> np.ndarray:
@@ -404,90 +449,112 @@ class _Traits(dict):
 def _traits(p: FaceParams) -> _Traits:
     """Turn parameters into the lengths (face units: head half-height ~ 1) and colours painted."""
     f32 = np.float32
+    head = _pose_and_head_traits(p)
+    features = _feature_traits(p)
+    lengths = {
+        **head,
+        **features,
+        # the hair hangs from the head's sides and its bangs sit above the eyes
+        **_hair_traits(p, head["W"], features["eye_y"]),
+        **_body_and_accessory_traits(p),
+    }
+    # Shaped so that a layer's arithmetic broadcasts them over its (B, h, w) pixels, the
+    # colours with their channel axis first, like the pixels (3, B, h, w).
+    out = _Traits()
+    for key, value in lengths.items():
+        out[key] = np.asarray(value, f32).reshape(-1, 1, 1)
+    for key, value in _colour_traits(p).items():
+        out[key] = np.ascontiguousarray(np.asarray(value, f32).T).reshape(3, -1, 1, 1)
+    bg = np.stack([np.cos(p.bg_angle), np.sin(p.bg_angle), p.bg_vignette], axis=0).astype(f32)
+    out["bg_dir"] = bg.reshape(3, -1, 1, 1)
+    return out
+
+
+def _lerp(a: float, b: float, t) -> np.ndarray:
+    """a + (b - a) * t in float32: maps a [0, 1] parameter onto the range a trait spans."""
+    return (a + (b - a) * np.asarray(t, np.float32)).astype(np.float32)
+
+
+def _flag_weights(p: FaceParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Male, old and smiling as float32 0/1 (B,), the weights by which flags move lengths."""
+    f32 = np.float32
+    return (
+        np.asarray(p.male, bool).astype(f32),
+        (~np.asarray(p.young, bool)).astype(f32),
+        np.asarray(p.smiling, bool).astype(f32),
+    )
+
+
+def _pose_and_head_traits(p: FaceParams) -> dict[str, np.ndarray]:
+    """Pose (shift, scale, roll), head size and jaw, lighting and blush."""
     male = np.asarray(p.male, bool)
-    old = ~np.asarray(p.young, bool)
-    smile = np.asarray(p.smiling, bool)
-    mf = male.astype(f32)
-    of = old.astype(f32)
-    sf = smile.astype(f32)
-
-    def lerp(a: float, b: float, t) -> np.ndarray:
-        return (a + (b - a) * np.asarray(t, f32)).astype(f32)
-
-    skin = np.where(np.asarray(p.pale_skin, bool)[:, None], _ramp(_PALE, p.skin_tone), _ramp(_SKIN, p.skin_tone))
-    warm = p.skin_warmth[:, None] * np.array([0.03, 0.0, -0.03], f32)
-    skin = skin + warm
-    # older skin is a little duller and darker
-    grey = skin.mean(axis=1, keepdims=True)
-    skin = skin + (grey - skin) * (0.2 * of[:, None]) - 0.04 * of[:, None]
-    hair = _hair_rgb(np.asarray(p.hair_color), p.hair_shade)
-    brow = hair * np.where(p.hair_color == BLOND, 0.62, 0.8)[:, None].astype(f32)
-    brow = np.where((p.hair_color == GRAY)[:, None], hair * 0.55, brow)
-    lips_natural = skin * np.array([0.84, 0.64, 0.62], f32) + np.array([0.03, 0.0, 0.0], f32)
-    lips_natural = lips_natural * (1 - 0.1 * mf[:, None])
-    lipstick = _ramp(_LIPSTICK, p.lip_shade)
-    lips = np.where(np.asarray(p.lipstick, bool)[:, None], lipstick, lips_natural)
-    iris = _IRIS[np.clip(p.iris_color, 0, len(_IRIS) - 1)]
-    frames = _FRAMES[np.clip(p.glasses_color, 0, len(_FRAMES) - 1)]
-
-    width = lerp(0.68, 0.78, p.head_width) + 0.05 * mf
-    height = lerp(0.95, 1.04, p.head_height)
-    eye_w = lerp(0.13, 0.16, p.eye_size) + 0.01 * (1 - mf)
-    eye_h = (lerp(0.056, 0.076, p.eye_size) + 0.01 * (1 - mf)) * (1 - 0.15 * sf)
-    eye_y = lerp(-0.05, 0.03, p.eye_height)
-    nose_tip = lerp(0.30, 0.40, p.nose_length)
-    mouth_y = nose_tip + lerp(0.2, 0.26, p.mouth_height)
-    mouth_w = (lerp(0.22, 0.28, p.mouth_width) + 0.015 * mf) * (1 + 0.15 * sf)
-    lip = (lerp(0.042, 0.068, p.lip_fullness) + 0.01 * (1 - mf)) * (1 - 0.25 * of)
-    lip = lip * np.where(p.lipstick, 1.2, 1.0)  # lipstick is drawn generously
-    style = np.asarray(p.hair_style)
-    short, medium, long = style == SHORT, style == MEDIUM, style == LONG
-    part = p.hair_part * np.where(male, 0.25, 0.4)
-    hairline = np.where(male, lerp(-0.6, -0.5, p.hairline) - 0.14 * of, lerp(-0.62, -0.54, p.hairline))
-    volume = lerp(0.06, 0.15, p.hair_volume) + np.where(short, 0.0, 0.05)
-    side_end = np.select([short, medium], [0.02, lerp(0.55, 0.85, p.hair_length)], lerp(0.75, 1.0, p.hair_length))
-    back_end = np.where(medium, side_end + 0.1, lerp(1.5, 2.3, p.hair_length))
-    side_open = np.where(short, 0.9, lerp(0.8, 0.9, p.hair_volume)) * width
-    beard = np.asarray(p.beard, bool)
-    # beards grow darker than the hair; darker still where they would melt into the skin
-    beard_rgb = hair * 0.72
-    lum = np.array([0.3, 0.59, 0.11], f32)
-    close = np.abs((beard_rgb - skin) @ lum) < 0.12
-    beard_rgb = np.where((close & (skin @ lum > 0.2))[:, None], beard_rgb * 0.55, beard_rgb)
-    stubble = male & ~beard & (p.stubble > 0.45)
-
-    t = {
-        "tx": lerp(*_SHIFT_X, (p.shift_x + 1) / 2),
-        "ty": lerp(*_SHIFT_Y, (p.shift_y + 1) / 2),
-        "s": lerp(*_SCALE, p.scale),
-        "roll": lerp(*_ROLL, (p.roll + 1) / 2),
-        "W": width,
-        "H": height,
-        "jaw": np.where(male, lerp(0.04, 0.12, p.jaw), lerp(0.14, 0.26, p.jaw)) + 0.04 * of,
-        "light": p.light.astype(f32),
-        "blush": (lerp(0.0, 0.3, p.blush) + 0.2 * (1 - mf) + 0.2 * sf) * (1 - 0.5 * of),
+    mf, of, sf = _flag_weights(p)
+    return {
+        "tx": _lerp(*_SHIFT_X, (p.shift_x + 1) / 2),
+        "ty": _lerp(*_SHIFT_Y, (p.shift_y + 1) / 2),
+        "s": _lerp(*_SCALE, p.scale),
+        "roll": _lerp(*_ROLL, (p.roll + 1) / 2),
+        "W": _lerp(0.68, 0.78, p.head_width) + 0.05 * mf,
+        "H": _lerp(0.95, 1.04, p.head_height),
+        "jaw": np.where(male, _lerp(0.04, 0.12, p.jaw), _lerp(0.14, 0.26, p.jaw)) + 0.04 * of,
+        "light": p.light.astype(np.float32),
+        "blush": (_lerp(0.0, 0.3, p.blush) + 0.2 * (1 - mf) + 0.2 * sf) * (1 - 0.5 * of),
         "cheek_y": 0.26 - 0.06 * sf,
-        "eye_x": lerp(0.27, 0.33, p.eye_spacing),
+    }
+
+
+def _feature_traits(p: FaceParams) -> dict[str, np.ndarray]:
+    """Where and how large the eyes, brows, nose and mouth are, and how far a smile opens."""
+    male = np.asarray(p.male, bool)
+    mf, of, sf = _flag_weights(p)
+    eye_w = _lerp(0.13, 0.16, p.eye_size) + 0.01 * (1 - mf)
+    # a smile narrows the eyes and widens the mouth
+    eye_h = (_lerp(0.056, 0.076, p.eye_size) + 0.01 * (1 - mf)) * (1 - 0.15 * sf)
+    eye_y = _lerp(-0.05, 0.03, p.eye_height)
+    nose_tip = _lerp(0.30, 0.40, p.nose_length)
+    mouth_w = (_lerp(0.22, 0.28, p.mouth_width) + 0.015 * mf) * (1 + 0.15 * sf)
+    lip = (_lerp(0.042, 0.068, p.lip_fullness) + 0.01 * (1 - mf)) * (1 - 0.25 * of)
+    lip = lip * np.where(p.lipstick, 1.2, 1.0)  # lipstick is drawn generously
+    return {
+        "eye_x": _lerp(0.27, 0.33, p.eye_spacing),
         "eye_y": eye_y,
         "eye_w": eye_w,
         "eye_h": eye_h,
         "eye_tilt": 0.1 * p.eye_tilt,
         "gaze": 0.02 * p.gaze,
-        "iris_r": lerp(0.064, 0.076, p.eye_size),
-        "liner": 0.016 + 0.01 * (1 - mf) + 0.008 * np.asarray(p.lipstick, f32),
-        "brow_y": eye_y - lerp(0.17, 0.23, p.brow_height) + 0.03 * mf,
-        "brow_t": np.where(male, lerp(0.035, 0.055, p.brow_thickness), lerp(0.02, 0.032, p.brow_thickness)),
-        "brow_arch": np.where(male, lerp(0.0, 0.035, p.brow_arch), lerp(0.035, 0.075, p.brow_arch)),
+        "iris_r": _lerp(0.064, 0.076, p.eye_size),
+        "liner": 0.016 + 0.01 * (1 - mf) + 0.008 * np.asarray(p.lipstick, np.float32),
+        "brow_y": eye_y - _lerp(0.17, 0.23, p.brow_height) + 0.03 * mf,
+        "brow_t": np.where(male, _lerp(0.035, 0.055, p.brow_thickness), _lerp(0.02, 0.032, p.brow_thickness)),
+        "brow_arch": np.where(male, _lerp(0.0, 0.035, p.brow_arch), _lerp(0.035, 0.075, p.brow_arch)),
         "brow_w": eye_w * 1.3,
         "nose_tip": nose_tip,
-        "nose_w": lerp(0.085, 0.12, p.nose_width) + 0.02 * mf,
-        "mouth_y": mouth_y,
+        "nose_w": _lerp(0.085, 0.12, p.nose_width) + 0.02 * mf,
+        "mouth_y": nose_tip + _lerp(0.2, 0.26, p.mouth_height),
         "mouth_w": mouth_w,
         "lip": lip,
-        "smile_lift": lerp(0.06, 0.09, p.mouth_width) * sf,
-        "smile_open": lerp(0.12, 0.17, p.lip_fullness) * sf,
+        "smile_lift": _lerp(0.06, 0.09, p.mouth_width) * sf,
+        "smile_open": _lerp(0.12, 0.17, p.lip_fullness) * sf,
         "old": of,
         "smile": sf,
+    }
+
+
+def _hair_traits(p: FaceParams, width: np.ndarray, eye_y: np.ndarray) -> dict[str, np.ndarray]:
+    """The hair's parting, hairline, volume, where its sides and back end, its wave and bangs."""
+    f32 = np.float32
+    male = np.asarray(p.male, bool)
+    _mf, of, _sf = _flag_weights(p)
+    style = np.asarray(p.hair_style)
+    short, medium, long = style == SHORT, style == MEDIUM, style == LONG
+    part = p.hair_part * np.where(male, 0.25, 0.4)
+    # older men's hairlines recede
+    hairline = np.where(male, _lerp(-0.6, -0.5, p.hairline) - 0.14 * of, _lerp(-0.62, -0.54, p.hairline))
+    volume = _lerp(0.06, 0.15, p.hair_volume) + np.where(short, 0.0, 0.05)
+    side_end = np.select([short, medium], [0.02, _lerp(0.55, 0.85, p.hair_length)], _lerp(0.75, 1.0, p.hair_length))
+    back_end = np.where(medium, side_end + 0.1, _lerp(1.5, 2.3, p.hair_length))
+    side_open = np.where(short, 0.9, _lerp(0.8, 0.9, p.hair_volume)) * width
+    return {
         "part": part.astype(f32),
         "hairline": hairline.astype(f32),
         "volume": volume.astype(f32),
@@ -495,35 +562,86 @@ def _traits(p: FaceParams) -> _Traits:
         "back_end": back_end.astype(f32),
         "side_open": side_open.astype(f32),
         "lock_fade": np.where(long, 4.0, 1.0),  # long locks fade into the hair behind them
-        "wave": lerp(0.0, 0.9, p.hair_wave) * np.where(short, 0.3, 1.0).astype(f32),
-        "bangs_y": eye_y - lerp(0.3, 0.36, p.hairline),
+        "wave": _lerp(0.0, 0.9, p.hair_wave) * np.where(short, 0.3, 1.0).astype(f32),
+        "bangs_y": eye_y - _lerp(0.3, 0.36, p.hairline),
         "bangs": (np.asarray(p.bangs, bool) & ~np.asarray(p.bald, bool)).astype(f32),
-        "neck_w": lerp(0.3, 0.34, p.head_width) + 0.07 * mf,
-        "neckline": lerp(0.12, 0.55, p.neckline) * (1 - 0.6 * mf),
-        "shoulder_w": lerp(1.55, 1.8, p.head_width) + 0.3 * mf,
+    }
+
+
+def _body_and_accessory_traits(p: FaceParams) -> dict[str, np.ndarray]:
+    """Neck, neckline and shoulders, how strong the beard or stubble is, the glasses and hat."""
+    f32 = np.float32
+    male = np.asarray(p.male, bool)
+    mf, _of, _sf = _flag_weights(p)
+    beard = np.asarray(p.beard, bool)
+    # only men without a beard show stubble, and only past a threshold
+    stubble = male & ~beard & (p.stubble > 0.45)
+    return {
+        "neck_w": _lerp(0.3, 0.34, p.head_width) + 0.07 * mf,
+        "neckline": _lerp(0.12, 0.55, p.neckline) * (1 - 0.6 * mf),
+        "shoulder_w": _lerp(1.55, 1.8, p.head_width) + 0.3 * mf,
         "beard_style": p.beard_style.astype(f32),
-        "beard_a": np.where(beard, 0.93, np.where(stubble, lerp(0.0, 0.3, p.stubble), 0.0)).astype(f32),
-        "glass_w": lerp(0.15, 0.19, p.glasses_size),
-        "glass_h": lerp(0.1, 0.15, p.glasses_size) * (1 + 0.15 * p.glasses_shape),
-        "glass_round": lerp(0.03, 1.0, p.glasses_shape),
+        "beard_a": np.where(beard, 0.93, np.where(stubble, _lerp(0.0, 0.3, p.stubble), 0.0)).astype(f32),
+        "glass_w": _lerp(0.15, 0.19, p.glasses_size),
+        "glass_h": _lerp(0.1, 0.15, p.glasses_size) * (1 + 0.15 * p.glasses_shape),
+        "glass_round": _lerp(0.03, 1.0, p.glasses_shape),
+        # frames of colour 3 (silver) are drawn thinner, like metal ones
         "glass_t": np.where(p.glasses_color == 3, 0.018, 0.028) + 0.008 * p.glasses_size,
         "tint": np.where(np.asarray(p.sunglasses, bool), 0.88, 0.16).astype(f32),
         "hat_style": np.asarray(p.hat_style).astype(f32),
     }
-    out = _Traits()
-    for key, value in t.items():
-        out[key] = np.asarray(value, f32).reshape(-1, 1, 1)
-    colours = {
-        "skin": skin, "hair": hair, "brow": brow, "lips": lips, "iris": iris, "frames": frames,
-        "beard": np.where(beard[:, None], beard_rgb, skin * 0.5 + hair * 0.15),
-        "tint_rgb": np.where(np.asarray(p.sunglasses, bool)[:, None], np.array([0.04, 0.05, 0.07], f32), np.array([0.85, 0.92, 1.0], f32)),
-        "hat": p.hat_color, "cloth": p.cloth_color, "bg_a": p.bg_color_a, "bg_b": p.bg_color_b,
+
+
+def _skin_rgb(p: FaceParams) -> np.ndarray:
+    """Skin colour (B, 3): its tone along the palette, warmed or cooled, duller with age."""
+    _mf, of, _sf = _flag_weights(p)
+    skin = np.where(np.asarray(p.pale_skin, bool)[:, None], _ramp(_PALE, p.skin_tone), _ramp(_SKIN, p.skin_tone))
+    warm = p.skin_warmth[:, None] * np.array([0.03, 0.0, -0.03], np.float32)
+    skin = skin + warm
+    # older skin is a little duller and darker
+    grey = skin.mean(axis=1, keepdims=True)
+    return skin + (grey - skin) * (0.2 * of[:, None]) - 0.04 * of[:, None]
+
+
+def _beard_rgb(p: FaceParams, hair: np.ndarray, skin: np.ndarray) -> np.ndarray:
+    """Beard colour (B, 3): darker than the hair for a beard, a shadow of skin and hair for stubble."""
+    f32 = np.float32
+    beard = np.asarray(p.beard, bool)
+    # beards grow darker than the hair; darker still where they would melt into the skin
+    beard_rgb = hair * 0.72
+    lum = np.array([0.3, 0.59, 0.11], f32)
+    close = np.abs((beard_rgb - skin) @ lum) < 0.12
+    beard_rgb = np.where((close & (skin @ lum > 0.2))[:, None], beard_rgb * 0.55, beard_rgb)
+    return np.where(beard[:, None], beard_rgb, skin * 0.5 + hair * 0.15)
+
+
+def _colour_traits(p: FaceParams) -> dict[str, np.ndarray]:
+    """Every colour painted, each (B, 3): skin, hair, brows, lips, eyes, frames, beard, hat, clothes, bg."""
+    f32 = np.float32
+    mf, _of, _sf = _flag_weights(p)
+    skin = _skin_rgb(p)
+    hair = _hair_rgb(np.asarray(p.hair_color), p.hair_shade)
+    # brows are darker than the hair, blond brows and grey ones more so
+    brow = hair * np.where(p.hair_color == BLOND, 0.62, 0.8)[:, None].astype(f32)
+    brow = np.where((p.hair_color == GRAY)[:, None], hair * 0.55, brow)
+    lips_natural = skin * np.array([0.84, 0.64, 0.62], f32) + np.array([0.03, 0.0, 0.0], f32)
+    lips_natural = lips_natural * (1 - 0.1 * mf[:, None])
+    lipstick = _ramp(_LIPSTICK, p.lip_shade)
+    sunglasses = np.asarray(p.sunglasses, bool)[:, None]
+    return {
+        "skin": skin,
+        "hair": hair,
+        "brow": brow,
+        "lips": np.where(np.asarray(p.lipstick, bool)[:, None], lipstick, lips_natural),
+        "iris": _IRIS[np.clip(p.iris_color, 0, len(_IRIS) - 1)],
+        "frames": _FRAMES[np.clip(p.glasses_color, 0, len(_FRAMES) - 1)],
+        "beard": _beard_rgb(p, hair, skin),
+        "tint_rgb": np.where(sunglasses, np.array([0.04, 0.05, 0.07], f32), np.array([0.85, 0.92, 1.0], f32)),
+        "hat": p.hat_color,
+        "cloth": p.cloth_color,
+        "bg_a": p.bg_color_a,
+        "bg_b": p.bg_color_b,
     }
-    for key, value in colours.items():
-        out[key] = np.ascontiguousarray(np.asarray(value, f32).T).reshape(3, -1, 1, 1)
-    bg = np.stack([np.cos(p.bg_angle), np.sin(p.bg_angle), p.bg_vignette], axis=0).astype(f32)
-    out["bg_dir"] = bg.reshape(3, -1, 1, 1)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
