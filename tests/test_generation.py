@@ -10,7 +10,14 @@ from facegan.config import from_preset
 from facegan.data.prepare import prepare
 from facegan.errors import FaceganError
 from facegan.export import export_generator
-from facegan.generation import generate, latents, load_generator, read_exported, sampler, to_uint8
+from facegan.generation import (
+    generate,
+    latents,
+    load_generator,
+    read_exported,
+    sampler,
+    to_uint8,
+)
 from facegan.train.checkpoint import load_checkpoint
 from facegan.train.loop import train
 
@@ -73,6 +80,8 @@ def test_an_exported_file_samples_what_its_run_does(run, tmp_path):
     out = export_generator(run, tmp_path / "g.safetensors")
     weights, config = read_exported(out)
     assert config.g_width == 8 and config.resolution == 32
+    checkpoint = load_checkpoint(run / "checkpoints" / "latest.pt")
+    assert weights.keys() == checkpoint["generator_ema"].keys()  # the EMA is what an export holds
     from_file, _ = load_generator(out, "cpu")
     from_run, _ = load_generator(run, "cpu")
     z = latents(6, config.latent_dim, 1)

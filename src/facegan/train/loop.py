@@ -66,34 +66,24 @@ ProgressFn = Callable[[TrainState], None]
 AbortFn = Callable[[TrainState], bool]
 
 
-def train(
-    config: TrainConfig,
-    *,
-    resume: Path | None = None,
-    progress: bool = True,
-    rank: int | None = None,
-    world_size: int | None = None,
-    progress_fn: ProgressFn | None = None,
-    abort_fn: AbortFn | None = None,
-) -> Path | None:
+def train(config: TrainConfig, *, resume: Path | None = None, progress: bool = True, rank: int | None = None,
+          world_size: int | None = None, progress_fn: ProgressFn | None = None,
+          abort_fn: AbortFn | None = None) -> Path | None:
     """Train (or resume) a run; return its directory (None on ranks other than 0).
 
-    `rank` and `world_size` default to torchrun's RANK and WORLD_SIZE. Only one process trains a
-    run directory at a time (a lock). SIGTERM and SIGINT stop training at the next step boundary,
-    after writing latest.pt, by raising Interrupted. A NaN or infinite loss or weight rolls the run
-    back to its last good checkpoint with lower learning rates.
+    `rank` and `world_size` default to torchrun's RANK and WORLD_SIZE. One process trains a run
+    directory at a time (a lock). SIGTERM and SIGINT stop at the next step boundary, after writing
+    latest.pt, by raising Interrupted. A NaN or infinite loss or weight rolls the run back to its
+    last good checkpoint with lower learning rates.
     """
     rank = int(os.environ.get("RANK", "0")) if rank is None else rank
     world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
-    validate(config)
-    device = resolve_device(config.device)
     with contextlib.ExitStack() as held:  # the run's lock and signal handlers, released however training ends
         # Resume or start.
-        run = _resume_or_start(config, resume, device, rank == 0, progress, held, world_size)
+        run = _resume_or_start(config, resume, rank == 0, progress, held, world_size)
         state, run_dir = run.state, run.run_dir
         stop = held.enter_context(stop_on_signals())  # from here on SIGTERM and SIGINT stop at a step boundary
-        guard = DivergenceGuard(device)
-        source = BatchSource(run.dataset, device)
+        guard, source = DivergenceGuard(run.device), BatchSource(run.dataset, run.device)
         steps_per_epoch = source.steps_per_epoch(config.batch_size, world_size)
         total_g_steps = max(1, config.epochs * (steps_per_epoch // config.d_steps))  # the end of any lr decay
         batches, meter = None, None
@@ -103,9 +93,8 @@ def train(
             if batches is None:
                 batches = source.epoch(config.batch_size, seed=config.seed, epoch=state.epoch, rank=rank,
                                        world_size=world_size, skip=state.batch_in_epoch)
-                meter = _EpochMeter.start(state, config, steps_per_epoch, progress and run_dir is not None)
+                meter = _EpochMeter.start(state, config, steps_per_epoch, progress and run_dir is not None, world_size)
             images, labels = next(batches)
-            reals = to_model_input(images)
             # Every batch updates D; every d_steps-th batch of an epoch also updates G. Logging and
             # step checkpoints count G updates, so they happen on those batches.
             update_g = (state.batch_in_epoch + 1) % config.d_steps == 0
@@ -114,11 +103,11 @@ def train(
                 set_learning_rates(state, config, total_g_steps)
 
             # Update D.
-            out, fakes = update_discriminator(state, reals, labels, config, keep_fakes=reuse)
+            out, fakes = update_discriminator(state, to_model_input(images), labels, config, keep_fakes=reuse)
 
             # Update G.
             if update_g:
-                out |= update_generator(state, fakes if reuse else None, labels, config, len(reals))
+                out |= update_generator(state, fakes if reuse else None, labels, config, len(images))
             state.scaler.update()
             state.batch_in_epoch += 1
 
@@ -138,8 +127,7 @@ def train(
                     save_checkpoint(snapshot, checkpoint_dir(run_dir) / LATEST)
                     run.last_good = checkpoint_dir(run_dir) / LATEST
                 if stop:
-                    meter.close()
-                    _stop_at_signal(stop, state, snapshot, run_dir, saved=saving)
+                    _stop_at_signal(stop, state, snapshot, run_dir, saved=saving, meter=meter)
                 if epoch_done:  # every weight is checked before the epoch's grid and checkpoints are made
                     diverged = _finish_epoch(state, config, run, guard)
             if diverged:  # nothing of a diverged step or epoch is drawn or saved
@@ -148,12 +136,10 @@ def train(
                 batches = None  # the restored state's epoch, from its position
                 continue
             if epoch_done:
-                meter.close()
-                if run_dir is not None:
-                    meter.summarise(state, config, run_dir, progress)
+                meter.finish(state, config, run_dir, progress)
+                batches = None
                 if progress_fn is not None:
                     progress_fn(state)
-                batches = None
             if abort_fn is not None and abort_fn(state):
                 meter.close()
                 return run_dir
@@ -168,6 +154,7 @@ class _Run:
     """What the loop works on: the state, its data and noise, and where it writes (None on other ranks)."""
 
     state: TrainState
+    device: torch.device
     dataset: PreparedDataset
     fixed_noise: torch.Tensor
     run_dir: Path | None
@@ -180,9 +167,11 @@ class _Run:
                                    fixed_noise=self.fixed_noise, run_dir=self.run_dir)
 
 
-def _resume_or_start(config: TrainConfig, resume: Path | None, device: torch.device, is_main: bool, progress: bool,
+def _resume_or_start(config: TrainConfig, resume: Path | None, is_main: bool, progress: bool,
                      held: contextlib.ExitStack, world_size: int) -> _Run:
     """The state of a resumed run (its newest intact checkpoint) or of a new one (a new run directory on rank 0)."""
+    validate(config)
+    device = resolve_device(config.device)
     checkpoint, run_dir, last_good = None, None, None
     if resume is not None:
         run_dir = Path(resume)
@@ -215,7 +204,7 @@ def _resume_or_start(config: TrainConfig, resume: Path | None, device: torch.dev
     if is_main and progress:
         log.info(f"training {config.preset} on {dataset.path} ({len(dataset):,} images of {dataset.resolution}px) "
                  f"on {device} ({state.precision.name}); run directory {run_dir}")
-    return _Run(state, dataset, fixed_noise, run_dir, last_good)
+    return _Run(state, device, dataset, fixed_noise, run_dir, last_good)
 
 
 def _training_data(config: TrainConfig, progress: bool, world_size: int) -> PreparedDataset:
@@ -269,11 +258,11 @@ class _EpochMeter:
     images: int = 0
 
     @classmethod
-    def start(cls, state: TrainState, config: TrainConfig, steps_per_epoch: int, show: bool) -> _EpochMeter:
+    def start(cls, state: TrainState, config: TrainConfig, steps_per_epoch: int, show: bool, world_size: int) -> _EpochMeter:
         """A meter, with its bar, for the rest of the state's epoch."""
         bar = tqdm(total=steps_per_epoch, initial=state.batch_in_epoch, desc=f"epoch {state.epoch + 1}/{config.epochs}",
                    unit="batch", disable=not show, dynamic_ncols=True, leave=False)
-        return cls(bar, steps_per_epoch)
+        return cls(bar, steps_per_epoch, world_size)
 
     def observe(self, out: dict, state: TrainState, config: TrainConfig, images: int, logging_now: bool,
                 run_dir: Path | None) -> None:
@@ -296,8 +285,11 @@ class _EpochMeter:
         """Take the bar off the screen."""
         self.bar.close()
 
-    def summarise(self, state: TrainState, config: TrainConfig, run_dir: Path, progress: bool) -> None:
-        """The epoch's histogram of D's probabilities and, with progress on, one line of its mean losses and speed."""
+    def finish(self, state: TrainState, config: TrainConfig, run_dir: Path | None, progress: bool) -> None:
+        """Close the bar; on rank 0 the epoch's histogram of D's probabilities and, with progress on, one summary line."""
+        self.close()
+        if run_dir is None:
+            return
         if self.probabilities:
             real = torch.cat([p[0] for p in self.probabilities]).float().cpu().numpy()
             fake = torch.cat([p[1] for p in self.probabilities]).float().cpu().numpy()
@@ -390,8 +382,10 @@ def _evaluate_epoch(run_dir: Path, config: TrainConfig, state: TrainState, datas
     append_metrics(run_dir, record)
 
 
-def _stop_at_signal(stop: StopRequest, state: TrainState, checkpoint: dict, run_dir: Path | None, saved: bool) -> None:
+def _stop_at_signal(stop: StopRequest, state: TrainState, checkpoint: dict, run_dir: Path | None, saved: bool,
+                    meter: _EpochMeter) -> None:
     """Write latest.pt (rank 0; unless this step's is already written) and raise Interrupted saying how to resume."""
+    meter.close()
     where = f"epoch {state.epoch + 1}, batch {state.batch_in_epoch}"
     if run_dir is None:
         raise Interrupted(f"stopped by {stop.name} at step {state.step} ({where}); rank 0 writes the checkpoint.", stop.signum)
