@@ -48,7 +48,7 @@ class Generator(nn.Module):
         layers += [nn.ConvTranspose2d(channels, 3, 4, 2, 1, bias=False), nn.Tanh()]
         self.main = nn.Sequential(*layers)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, c=None) -> torch.Tensor:
         assert z.ndim == 2 and z.shape[1] == self.latent_dim, f"expected (B, {self.latent_dim}), got {tuple(z.shape)}"
         return self.main(z[:, :, None, None])
 
@@ -85,7 +85,7 @@ class Discriminator(nn.Module):
         layers.append(nn.Conv2d(channels, 1, 4, 1, 0, bias=bias))  # 4x4 -> one logit, no Sigmoid
         self.main = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c=None) -> torch.Tensor:
         assert x.ndim == 4 and x.shape[1:] == (3, self.resolution, self.resolution), f"got {tuple(x.shape)}"
         return self.main(x).flatten()
 

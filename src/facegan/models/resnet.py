@@ -122,7 +122,7 @@ class Generator(nn.Module):
         _xavier(self.l1, 1.0)
         _xavier(self.c_out, 1.0)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, c=None) -> torch.Tensor:
         assert z.ndim == 2 and z.shape[1] == self.latent_dim, f"expected (B, {self.latent_dim}), got {tuple(z.shape)}"
         h = self.blocks(self.l1(z).view(len(z), -1, 4, 4))
         return torch.tanh(self.c_out(F.relu(self.b_out(h))))
@@ -145,7 +145,7 @@ class Discriminator(nn.Module):
         self.l_out = nn.Linear(channels[-1], 1)
         _xavier(self.l_out, 1.0)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c=None) -> torch.Tensor:
         assert x.ndim == 4 and x.shape[1:] == (3, self.resolution, self.resolution), f"got {tuple(x.shape)}"
         h = F.relu(self.blocks(x)).sum(dim=(2, 3))  # global sum pooling, as SNGAN
         return self.l_out(h).flatten()
