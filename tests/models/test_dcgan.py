@@ -50,9 +50,11 @@ def test_initialisation_follows_the_paper():
 def test_bad_resolution_and_latent_shape():
     with pytest.raises(ValueError, match="4 times a power of two"):
         dcgan.stages(48)
-    G, _ = build_models("dcgan", 100, 8, 8, 32)
-    with pytest.raises(AssertionError):
+    G, D = build_models("dcgan", 100, 8, 8, 32)
+    with pytest.raises(ValueError, match=r"expected latent vectors of shape \(B, 100\), got \(2, 64\)"):
         G(torch.randn(2, 64))
+    with pytest.raises(ValueError, match=r"expected images of shape \(B, 3, 32, 32\), got \(2, 3, 64, 64\)"):
+        D(torch.randn(2, 3, 64, 64))
 
 
 def test_default_options_build_exactly_the_seed_models():
@@ -64,8 +66,8 @@ def test_default_options_build_exactly_the_seed_models():
         assert list(a.state_dict()) == list(b.state_dict())
         assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert [name for name, _ in default[1].named_parameters()] == [
-        "main.0.weight", "main.2.weight", "main.3.weight", "main.3.bias", "main.5.weight", "main.6.weight",
-        "main.6.bias", "main.8.weight",
+        "blocks.0.conv.weight", "blocks.1.conv.weight", "blocks.1.norm.weight", "blocks.1.norm.bias",
+        "blocks.2.conv.weight", "blocks.2.norm.weight", "blocks.2.norm.bias", "head.weight",
     ]
 
 

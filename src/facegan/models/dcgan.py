@@ -7,10 +7,19 @@ and D mirrors it, exactly as pytorch/examples' dcgan and the seed projects build
 D's normalisation is an option because losses disagree about it: BatchNorm (the paper's) couples
 the images of a batch, which WGAN-GP's per-image gradient penalty forbids; Gulrajani et al.
 recommend layer normalisation or none there, and spectral normalisation usually replaces it.
+
+G is `project` (the latent to 4x4), `blocks` (one 2x upsampling each) and `to_rgb`; D is `blocks`,
+run by `features`, and `head` (one logit per image). Both take an optional condition c, a float
+tensor (B, K) of labels, as the seam for attribute conditioning: conditional BatchNorm would
+replace the `norm` of G's blocks, which already receive c, and a projection term
+<embed(c), pooled features> (Miyato & Koyama 2018) would join D's head in forward. Built as
+they are, the models have no conditioning and refuse a c. Until 3bf9834 G and D were one
+nn.Sequential, `main`; `rename_old_keys` lets state dicts of that time load.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -25,6 +34,64 @@ def stages(resolution: int) -> int:
     return int(n)
 
 
+def check_latents(z: torch.Tensor, latent_dim: int) -> None:
+    """Raise ValueError unless `z` is a batch of latent vectors (B, latent_dim)."""
+    if z.ndim != 2 or z.shape[1] != latent_dim:
+        raise ValueError(f"expected latent vectors of shape (B, {latent_dim}), got {tuple(z.shape)}")
+
+
+def check_images(x: torch.Tensor, resolution: int) -> None:
+    """Raise ValueError unless `x` is a batch of images (B, 3, resolution, resolution)."""
+    if x.ndim != 4 or tuple(x.shape[1:]) != (3, resolution, resolution):
+        raise ValueError(f"expected images of shape (B, 3, {resolution}, {resolution}), got {tuple(x.shape)}")
+
+
+def refuse_condition(c: torch.Tensor | None) -> None:
+    """Raise ValueError for any c but None: no model is built with conditioning yet."""
+    if c is not None:
+        raise ValueError("this model was built without conditioning; call it without a condition c (c=None)")
+
+
+def rename_old_keys(module: nn.Module, state_dict: dict[str, torch.Tensor], prefix: str, *_: object) -> None:
+    """Load-state-dict pre-hook: rename the keys of a state dict saved before the blocks had names.
+
+    `module.old_names()` maps old submodule paths to new ones; a key under an old path (its
+    weights, buffers and spectral norm's `parametrizations.weight.original`) moves to the new
+    path. Checkpoints, G's moving average and exported generators all load through here.
+    """
+    for old, new in module.old_names().items():
+        for key in [key for key in state_dict if key.startswith(f"{prefix}{old}.")]:
+            state_dict[f"{prefix}{new}{key[len(prefix) + len(old):]}"] = state_dict.pop(key)
+
+
+class GBlock(nn.Module):
+    """ConvTranspose2d(4x4)-BatchNorm-ReLU: 2x upsampling, or the latent's 1x1 to 4x4 with `project`."""
+
+    def __init__(self, in_channels: int, out_channels: int, project: bool = False) -> None:
+        super().__init__()
+        stride, padding = (1, 0) if project else (2, 1)
+        self.conv = nn.ConvTranspose2d(in_channels, out_channels, 4, stride, padding, bias=False)
+        self.norm = nn.BatchNorm2d(out_channels)  # the one place a conditional BatchNorm would go
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, in, H, W) -> (B, out, 2H, 2W), or (B, latent, 1, 1) -> (B, out, 4, 4); c is unused yet."""
+        return self.act(self.norm(self.conv(x)))
+
+
+class ToRGB(nn.Module):
+    """ConvTranspose2d(4x4) 2x up to 3 channels, then Tanh: G's last layer, without a norm."""
+
+    def __init__(self, in_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.ConvTranspose2d(in_channels, 3, 4, 2, 1, bias=False)
+        self.act = nn.Tanh()
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, in, H, W) -> images (B, 3, 2H, 2W) in [-1, 1]; c is unused."""
+        return self.act(self.conv(x))
+
+
 class Generator(nn.Module):
     """Latent vectors (B, latent_dim) -> images (B, 3, R, R) in [-1, 1]."""
 
@@ -32,28 +99,53 @@ class Generator(nn.Module):
         super().__init__()
         self.latent_dim, self.resolution = latent_dim, resolution
         n = stages(resolution)
-        channels = width * 2 ** (n - 1)
-        layers: list[nn.Module] = [
-            nn.ConvTranspose2d(latent_dim, channels, 4, 1, 0, bias=False),  # project to 4x4
-            nn.BatchNorm2d(channels),
-            nn.ReLU(inplace=True),
-        ]
-        for _ in range(n - 1):
-            layers += [
-                nn.ConvTranspose2d(channels, channels // 2, 4, 2, 1, bias=False),
-                nn.BatchNorm2d(channels // 2),
-                nn.ReLU(inplace=True),
-            ]
-            channels //= 2
-        layers += [nn.ConvTranspose2d(channels, 3, 4, 2, 1, bias=False), nn.Tanh()]
-        self.main = nn.Sequential(*layers)
+        channels = [width * 2**i for i in range(n - 1, -1, -1)]  # [8w, 4w, 2w, w] at 64 px
+        # Created in the order of the old nn.Sequential, so a seed gives the same initial weights
+        # and parameters() keeps the order that saved optimizer states are indexed by.
+        self.project = GBlock(latent_dim, channels[0], project=True)
+        self.blocks = nn.ModuleList(GBlock(a, b) for a, b in itertools.pairwise(channels))
+        self.to_rgb = ToRGB(channels[-1])
+        self.register_load_state_dict_pre_hook(rename_old_keys)
 
-    def forward(self, z: torch.Tensor, c=None) -> torch.Tensor:
-        assert z.ndim == 2 and z.shape[1] == self.latent_dim, f"expected (B, {self.latent_dim}), got {tuple(z.shape)}"
-        return self.main(z[:, :, None, None])
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """Images for latents `z`; `c` must be None (this model has no conditioning)."""
+        check_latents(z, self.latent_dim)
+        refuse_condition(c)
+        h = self.project(z[:, :, None, None], c)
+        for block in self.blocks:
+            h = block(h, c)
+        return self.to_rgb(h, c)
+
+    def old_names(self) -> dict[str, str]:
+        """The submodule paths of 3bf9834's G (`main.<i>`) and their names now."""
+        # Its nn.Sequential held conv, BatchNorm, ReLU per block, then the last conv and Tanh.
+        blocks = ["project", *(f"blocks.{i}" for i in range(len(self.blocks)))]
+        layers = [f"{block}.{layer}" for block in blocks for layer in ("conv", "norm", "act")] + ["to_rgb.conv", "to_rgb.act"]
+        return {f"main.{i}": layer for i, layer in enumerate(layers)}
 
 
 NORMS = ("batch", "layer", "none")
+
+
+class DBlock(nn.Module):
+    """Conv2d(4x4, stride 2)-norm-LeakyReLU(0.2): halves the resolution; `norm` as Discriminator's."""
+
+    def __init__(self, in_channels: int, out_channels: int, norm: str, bias: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 4, 2, 1, bias=bias)
+        self.norm: nn.Module | None = None
+        if norm == "batch":
+            self.norm = nn.BatchNorm2d(out_channels)
+        elif norm == "layer":
+            self.norm = nn.GroupNorm(1, out_channels)
+        self.act = nn.LeakyReLU(0.2, inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in, H, W) -> (B, out, H/2, W/2)."""
+        h = self.conv(x)
+        if self.norm is not None:
+            h = self.norm(h)
+        return self.act(h)
 
 
 class Discriminator(nn.Module):
@@ -71,23 +163,34 @@ class Discriminator(nn.Module):
         self.resolution = resolution
         n = stages(resolution)
         bias = norm == "none"
-        # No normalisation on the first layer, as in the paper.
-        layers: list[nn.Module] = [nn.Conv2d(3, width, 4, 2, 1, bias=bias), nn.LeakyReLU(0.2, inplace=True)]
-        channels = width
-        for _ in range(n - 1):
-            layers.append(nn.Conv2d(channels, channels * 2, 4, 2, 1, bias=bias))
-            if norm == "batch":
-                layers.append(nn.BatchNorm2d(channels * 2))
-            elif norm == "layer":
-                layers.append(nn.GroupNorm(1, channels * 2))
-            layers.append(nn.LeakyReLU(0.2, inplace=True))
-            channels *= 2
-        layers.append(nn.Conv2d(channels, 1, 4, 1, 0, bias=bias))  # 4x4 -> one logit, no Sigmoid
-        self.main = nn.Sequential(*layers)
+        channels = [width * 2**i for i in range(n)]  # [w, 2w, 4w, 8w] at 64 px
+        # No normalisation on the first layer, as in the paper. Created in the old nn.Sequential's
+        # order, as G's layers are.
+        blocks = [DBlock(3, width, "none", bias)] + [DBlock(a, b, norm, bias) for a, b in itertools.pairwise(channels)]
+        self.blocks = nn.ModuleList(blocks)
+        self.head = nn.Conv2d(channels[-1], 1, 4, 1, 0, bias=bias)  # 4x4 -> one logit, no Sigmoid
+        self.register_load_state_dict_pre_hook(rename_old_keys)
 
-    def forward(self, x: torch.Tensor, c=None) -> torch.Tensor:
-        assert x.ndim == 4 and x.shape[1:] == (3, self.resolution, self.resolution), f"got {tuple(x.shape)}"
-        return self.main(x).flatten()
+    def features(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """The last hidden activations for images `x`: (B, width * 2**(stages - 1), 4, 4); 512x4x4 at 64 px, width 64."""
+        check_images(x, self.resolution)
+        refuse_condition(c)
+        h = x
+        for block in self.blocks:
+            h = block(h)
+        return h
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """One logit per image; `c` must be None (this model has no conditioning)."""
+        return self.head(self.features(x, c)).flatten()
+
+    def old_names(self) -> dict[str, str]:
+        """The submodule paths of 3bf9834's D (`main.<i>`) and their names now."""
+        # Its nn.Sequential held conv, norm (where there is one) and LeakyReLU per block, then the
+        # logit's conv.
+        layers = [f"blocks.{i}.{name}" for i, block in enumerate(self.blocks)
+                  for name in ("conv", "norm", "act") if getattr(block, name) is not None]
+        return {f"main.{i}": layer for i, layer in enumerate([*layers, "head"])}
 
 
 def init_weights(module: nn.Module) -> None:

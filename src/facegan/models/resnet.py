@@ -14,6 +14,14 @@ and with average pooling); and D's blocks give their shortcut the input as it ca
 original Chainer code does, where Mimicry's in-place ReLU rectifies the shortcut's input too.
 Upsampling is bilinear as in Mimicry (the Chainer original used nearest); biases start at 0,
 as Chainer's do (Mimicry leaves PyTorch's default).
+
+G is `project` (a linear layer to 4x4), `blocks` and `to_rgb`; D is `blocks` and the pooling,
+run by `features`, and `head` (one logit per image). As in dcgan.py, both take an optional
+condition c (B, K) for attribute conditioning to come: conditional BatchNorm would replace the
+BatchNorms of G's blocks, which already receive c (Miyato & Koyama's code keeps the last one,
+`to_rgb.norm`, unconditional), and a projection term <embed(c), features> would join D's head.
+Built as they are, the models have no conditioning and refuse a c. Until 3bf9834 G's layers
+were `l1`, `b_out`, `c_out` and D's logit `l_out`; `rename_old_keys` lets those state dicts load.
 """
 
 from __future__ import annotations
@@ -25,7 +33,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facegan.models.dcgan import stages
+from facegan.models.dcgan import (
+    check_images,
+    check_latents,
+    refuse_condition,
+    rename_old_keys,
+    stages,
+)
 
 MAX_MULTIPLIER = 16  # channels stop doubling at 16 x width, as in Mimicry's 64 and 128 px models
 
@@ -60,7 +74,8 @@ class GBlock(nn.Module):
         _xavier(self.c2, math.sqrt(2))
         _xavier(self.c_sc, 1.0)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, in, H, W) -> (B, out, 2H, 2W); c is unused until b1 and b2 become conditional."""
         h = self.c1(_upsample(F.relu(self.b1(x))))
         h = self.c2(F.relu(self.b2(h)))
         return h + _upsample(self.c_sc(x))
@@ -82,6 +97,7 @@ class DBlock(nn.Module):
             _xavier(self.c_sc, 1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in, H, W) -> (B, out, H/2, W/2) when downsampling, else (B, out, H, W)."""
         h = self.c2(F.relu(self.c1(F.relu(x))))
         shortcut = x
         if self.downsample:
@@ -104,8 +120,22 @@ class DBlockOptimized(nn.Module):
         _xavier(self.c_sc, 1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in, H, W) -> (B, out, H/2, W/2)."""
         h = F.avg_pool2d(self.c2(F.relu(self.c1(x))), 2)
         return h + self.c_sc(F.avg_pool2d(x, 2))
+
+
+class ToRGB(nn.Module):
+    """BatchNorm-ReLU-conv3x3-tanh: G's last stage, to 3 channels in [-1, 1]."""
+
+    def __init__(self, in_channels: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(in_channels)
+        self.conv = nn.Conv2d(in_channels, 3, 3, 1, 1)  # initialised by Generator, after all its layers exist
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, in, H, W) -> images (B, 3, H, W); c is unused."""
+        return torch.tanh(self.conv(F.relu(self.norm(x))))
 
 
 class Generator(nn.Module):
@@ -115,17 +145,27 @@ class Generator(nn.Module):
         super().__init__()
         self.latent_dim, self.resolution = latent_dim, resolution
         channels = stage_channels(width, resolution)
-        self.l1 = nn.Linear(latent_dim, 4 * 4 * channels[0])
-        self.blocks = nn.Sequential(*[GBlock(a, b) for a, b in itertools.pairwise(channels)])
-        self.b_out = nn.BatchNorm2d(channels[-1])
-        self.c_out = nn.Conv2d(channels[-1], 3, 3, 1, 1)
-        _xavier(self.l1, 1.0)
-        _xavier(self.c_out, 1.0)
+        self.project = nn.Linear(latent_dim, 4 * 4 * channels[0])
+        self.blocks = nn.ModuleList(GBlock(a, b) for a, b in itertools.pairwise(channels))
+        self.to_rgb = ToRGB(channels[-1])
+        # Only now, as before the blocks had names: each layer's default initialisation drew from
+        # the RNG when it was created, so this order keeps a seed's initial weights.
+        _xavier(self.project, 1.0)
+        _xavier(self.to_rgb.conv, 1.0)
+        self.register_load_state_dict_pre_hook(rename_old_keys)
 
-    def forward(self, z: torch.Tensor, c=None) -> torch.Tensor:
-        assert z.ndim == 2 and z.shape[1] == self.latent_dim, f"expected (B, {self.latent_dim}), got {tuple(z.shape)}"
-        h = self.blocks(self.l1(z).view(len(z), -1, 4, 4))
-        return torch.tanh(self.c_out(F.relu(self.b_out(h))))
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """Images for latents `z`; `c` must be None (this model has no conditioning)."""
+        check_latents(z, self.latent_dim)
+        refuse_condition(c)
+        h = self.project(z).view(len(z), -1, 4, 4)
+        for block in self.blocks:
+            h = block(h, c)
+        return self.to_rgb(h, c)
+
+    def old_names(self) -> dict[str, str]:
+        """The submodule paths of 3bf9834's G that have other names now."""
+        return {"l1": "project", "b_out": "to_rgb.norm", "c_out": "to_rgb.conv"}
 
 
 class Discriminator(nn.Module):
@@ -141,11 +181,24 @@ class Discriminator(nn.Module):
         channels = stage_channels(width, resolution)[::-1]
         blocks: list[nn.Module] = [DBlockOptimized(3, channels[0])]
         blocks += [DBlock(a, b, downsample=a != b) for a, b in itertools.pairwise(channels)]
-        self.blocks = nn.Sequential(*blocks)
-        self.l_out = nn.Linear(channels[-1], 1)
-        _xavier(self.l_out, 1.0)
+        self.blocks = nn.ModuleList(blocks)
+        self.head = nn.Linear(channels[-1], 1)
+        _xavier(self.head, 1.0)
+        self.register_load_state_dict_pre_hook(rename_old_keys)
 
-    def forward(self, x: torch.Tensor, c=None) -> torch.Tensor:
-        assert x.ndim == 4 and x.shape[1:] == (3, self.resolution, self.resolution), f"got {tuple(x.shape)}"
-        h = F.relu(self.blocks(x)).sum(dim=(2, 3))  # global sum pooling, as SNGAN
-        return self.l_out(h).flatten()
+    def features(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """Pooled features of images `x`: (B, 16 * width) at 64 and 128 px (the last block's channels)."""
+        check_images(x, self.resolution)
+        refuse_condition(c)
+        h = x
+        for block in self.blocks:
+            h = block(h)
+        return F.relu(h).sum(dim=(2, 3))  # global sum pooling, as SNGAN
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """One logit per image; `c` must be None (this model has no conditioning)."""
+        return self.head(self.features(x, c)).flatten()
+
+    def old_names(self) -> dict[str, str]:
+        """The submodule paths of 3bf9834's D that have other names now."""
+        return {"l_out": "head"}
