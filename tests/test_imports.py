@@ -109,3 +109,9 @@ def test_light_modules_import_without_torch(module):
     """Metric names parse without torch (a config is checked anywhere, before any heavy import)."""
     code = f"import sys, {module}; sys.exit(1 if 'torch' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT).returncode == 0
+
+
+def test_the_command_line_parser_is_built_without_torch():
+    """`facegan prepare`, `info` and `--help` need no torch: the registries' names are read only when shown or checked."""
+    code = "import sys, facegan.cli; facegan.cli.build_parser(); sys.exit(1 if 'torch' in sys.modules else 0)"
+    assert subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT).returncode == 0

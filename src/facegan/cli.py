@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from facegan import __version__
+from facegan.config import TrainConfig
 from facegan.errors import FaceganError, FaceganWarning, Interrupted
 
 PREPARE_EXAMPLES = """\
@@ -58,6 +60,103 @@ def _natural_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
     return value
+
+
+_TYPES = {"positive": _positive_int, "natural": _natural_int, "float": float}  # TrainConfig's metadata "type"
+_GROUPS = {"recipe": "beyond DCGAN (each preset sets these; options override it)"}
+
+
+def _shown(value: object) -> str:
+    """A default as the help says it."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value) if value != "" else "none"
+
+
+def _train_fields() -> list[dataclasses.Field]:
+    """The TrainConfig fields that are `facegan train` options: those with help in their metadata."""
+    return [field for field in dataclasses.fields(TrainConfig) if "help" in field.metadata]
+
+
+class _Names(Sequence[str]):
+    """A registry's names, read when argparse first checks or shows them.
+
+    The registries (LOSSES, MODELS, PRECISIONS, ...) live beside the torch code they name, so reading
+    them imports torch; read lazily, `facegan prepare`, `info` or `--version` never pay for that.
+    """
+
+    def __init__(self, names: Callable[[], Sequence[str]]) -> None:
+        self._read, self._names = names, None
+
+    def _all(self) -> tuple[str, ...]:
+        if self._names is None:
+            self._names = tuple(self._read())
+        return self._names
+
+    def __getitem__(self, index):  # noqa: ANN001 - Sequence's own signature
+        return self._all()[index]
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
+class _LazyHelp(str):
+    """A help text completed only when shown (argparse formats help only for --help and errors)."""
+
+    def __new__(cls, placeholder: str, make: Callable[[], str]) -> _LazyHelp:
+        text = super().__new__(cls, placeholder)  # what it reads as until shown (never empty: argparse skips "")
+        text.make = make
+        return text
+
+    def __mod__(self, params: object) -> str:
+        return self.make() % params
+
+
+def _choices(name: str) -> _Names:
+    """The names TrainConfig's field `name` may take, from its registry (e.g. --precision's from PRECISIONS)."""
+    return _Names(next(field for field in dataclasses.fields(TrainConfig) if field.name == name).metadata["choices"])
+
+
+def _add_field_option(group: argparse._ActionsContainer, field: dataclasses.Field) -> None:
+    """One option from a TrainConfig field's metadata; its default None leaves the preset's (or a resumed run's) value."""
+    meta = field.metadata
+    flag = meta.get("flag", "--" + field.name.replace("_", "-"))
+    text = meta["help"]
+    text += f" (default: {meta['unset']})" if field.default is None else f" (default {_shown(field.default)})"
+    if "subset_of" in meta:  # completed when the help is shown (_LazyHelp), so building the parser reads no registry
+        names, head = _Names(meta["subset_of"]), text
+        text = _LazyHelp(head, lambda: head.replace(" (default", f": a comma-separated subset of {','.join(names)} (default", 1))
+    if meta.get("type") == "bool":
+        group.add_argument(flag, dest=field.name, default=None, action=argparse.BooleanOptionalAction, help=text)
+        return
+    choices, metavar = None, meta.get("metavar")
+    if "choices" in meta:  # named in the help, so that building the parser does not read the registry
+        choices, metavar = _choices(field.name), metavar or field.name.upper()
+        text = text.replace(" (default", ": %(choices)s (default", 1)
+    group.add_argument(flag, dest=field.name, default=None, type=_TYPES[meta["type"]] if "type" in meta else None,
+                       choices=choices, metavar=metavar, help=text)
+
+
+def _add_train_options(train: argparse.ArgumentParser) -> None:
+    """`facegan train`'s options: one per TrainConfig field that has help, in the fields' order, and a few of the CLI's own."""
+    train.add_argument("--preset", default=None,
+                       help="recipe to start from: dcgan (default, the seeds'), lsgan, wgan-gp, sngan, or facegan (measured best)")
+    train.add_argument("--resume", type=Path, default=None, metavar="RUN", help="continue a run exactly where it stopped")
+    groups = {None: train, **{name: train.add_argument_group(title) for name, title in _GROUPS.items()}}
+    defaults = TrainConfig()
+    for field in dataclasses.fields(TrainConfig):
+        # Options that set fields their own way stand where those fields are.
+        if field.name == "lr_g":
+            train.add_argument("--lr", type=float, default=None,
+                               help=f"learning rate of both G and D (default {_shown(defaults.lr_g)})")
+        if field.name == "betas":
+            train.add_argument("--beta1", type=float, default=None, help=f"Adam beta1 (default {_shown(defaults.betas[0])})")
+            train.add_argument("--beta2", type=float, default=None, help=f"Adam beta2 (default {_shown(defaults.betas[1])})")
+        if "help" in field.metadata:
+            _add_field_option(groups[field.metadata.get("group")], field)
+    train.add_argument("--quiet", action="store_true", help="no progress bars or summaries")
 
 
 EVALUATE_EXAMPLES = """\
@@ -130,55 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a GAN. Without --data it trains on built-in synthetic faces, prepared once.",
         epilog=TRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    train.add_argument("--preset", default=None,
-                       help="recipe to start from: dcgan (default, the seeds'), lsgan, wgan-gp, sngan, or facegan (measured best)")
-    train.add_argument("--data", default=None, help="a prepared dataset (from `facegan prepare`)")
-    train.add_argument("--resume", type=Path, default=None, metavar="RUN", help="continue a run exactly where it stopped")
-    train.add_argument("--epochs", type=_positive_int, default=None, help="epochs in total (default 5)")
-    train.add_argument("--batch-size", type=_positive_int, default=None, help="images per step (default 128)")
-    train.add_argument("--latent-dim", type=_positive_int, default=None, help="latent vector size (default 100; 128 is common)")
-    train.add_argument("--g-width", type=_positive_int, default=None, help="channels of G's last layer (default 64)")
-    train.add_argument("--d-width", type=_positive_int, default=None, help="channels of D's first layer (default 64)")
-    train.add_argument("--lr", type=float, default=None, help="learning rate of both G and D (default 2e-4)")
-    train.add_argument("--lr-g", type=float, default=None, help="learning rate of G")
-    train.add_argument("--lr-d", type=float, default=None, help="learning rate of D")
-    train.add_argument("--beta1", type=float, default=None, help="Adam beta1 (default 0.5)")
-    train.add_argument("--beta2", type=float, default=None, help="Adam beta2 (default 0.999)")
-    train.add_argument("--seed", type=_natural_int, default=None, help="seed of initialisation, noise and batch order (default 0)")
-    train.add_argument("--device", default=None, help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
-    train.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16", "fp16"],
-                       help="number format of the models' arithmetic: auto (bf16 where the hardware runs it natively, else fp32)")
-    train.add_argument("--compile", default=None, choices=["auto", "on", "off", "cudagraphs"],
-                       help="torch.compile G and D: auto (on for CUDA, off on CPU), on, off, or cudagraphs (CUDA graphs)")
-    recipe = train.add_argument_group("beyond DCGAN (each preset sets these; options override it)")
-    recipe.add_argument("--model", default=None, choices=["dcgan", "resnet"], help="model family")
-    recipe.add_argument("--loss", default=None, choices=["bce", "lsgan", "wgan", "hinge"], help="GAN loss")
-    recipe.add_argument("--d-steps", type=_positive_int, default=None, help="D updates per G update, each on its own batch")
-    recipe.add_argument("--gp-weight", type=float, default=None, help="WGAN-GP gradient penalty weight (0 = off; needs --d-norm layer or none)")
-    recipe.add_argument("--r1-gamma", type=float, default=None, help="R1 penalty gamma, applied lazily every 16 D updates (0 = off)")
-    recipe.add_argument("--d-norm", default=None, choices=["batch", "layer", "none"], help="D's normalisation layers")
-    recipe.add_argument("--spectral-norm", default=None, action=argparse.BooleanOptionalAction, help="spectral normalisation in D")
-    recipe.add_argument("--ema-kimg", type=float, default=None, help="half-life of G's moving average in thousands of images (0 = off)")
-    recipe.add_argument("--augment", default=None, help="DiffAugment policy for everything D sees: e.g. color,translation,cutout")
-    recipe.add_argument("--flip", default=None, action=argparse.BooleanOptionalAction, help="random horizontal flips of real images")
-    recipe.add_argument("--lr-schedule", default=None, choices=["constant", "linear", "cosine"], help="learning-rate decay to 0 at the end")
-    recipe.add_argument("--lr-decay-start", type=float, default=None, help="fraction of the run after which the decay starts (default 0)")
-    train.add_argument("--runs-dir", default=None, help="where run directories are made (default runs)")
-    train.add_argument("--synthetic-count", type=_positive_int, default=None, help="synthetic faces when no --data (default 10240)")
-    train.add_argument("--checkpoint-every", dest="checkpoint_every_epochs", type=_natural_int, default=None,
-                       help="keep a checkpoint every N epochs besides latest.pt (default 1; 0 = latest only)")
-    train.add_argument("--checkpoint-steps", dest="checkpoint_every_steps", type=_natural_int, default=None,
-                       help="also refresh latest.pt every N steps (default 0: at epoch ends)")
-    train.add_argument("--max-rollbacks", type=_natural_int, default=None,
-                       help="times a diverged run (NaN or infinite loss) rolls back to its last good checkpoint (default 3)")
-    train.add_argument("--rollback-lr-factor", type=float, default=None,
-                       help="learning rates are multiplied by this at each rollback (default 0.5)")
-    train.add_argument("--log-every", type=_positive_int, default=None, help="steps between stats records (default 10)")
-    train.add_argument("--eval-every", type=_natural_int, default=None, metavar="EPOCHS",
-                       help="measure quality every N epochs (default 0: never); results in metrics.jsonl, best checkpoint kept")
-    train.add_argument("--eval", dest="evaluate", default=None, metavar="METRICS",
-                       help="what --eval-every measures, e.g. fid2k or fid2k,kid2k,pr2k (default fid2k)")
-    train.add_argument("--quiet", action="store_true", help="no progress bars or summaries")
+    _add_train_options(train)
     train.set_defaults(handler=run_train)
 
     sample = commands.add_parser("sample", help="generate faces from a trained run",
@@ -189,8 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", type=Path, required=True, help="a .png for one grid, or a folder for one PNG per image")
     sample.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     sample.add_argument("--batch-size", type=_positive_int, default=256, help="images generated at once (default 256)")
-    sample.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                        help="number format of G's arithmetic (default auto: bf16 where the hardware runs it natively)")
+    sample.add_argument("--precision", default="auto", choices=_choices("precision"), metavar="PRECISION",
+                        help="number format of G's arithmetic: %(choices)s (default auto: bf16 where the hardware "
+                             "runs it natively)")
     sample.add_argument("--quiet", action="store_true", help="no progress bar")
     sample.set_defaults(handler=run_sample)
 
@@ -256,19 +308,13 @@ def run_prepare(args: argparse.Namespace) -> None:
     )
 
 
-_TRAIN_KEYS = ("data", "epochs", "batch_size", "latent_dim", "g_width", "d_width", "lr_g", "lr_d", "seed", "device",
-               "runs_dir", "precision", "compile", "synthetic_count", "checkpoint_every_epochs", "checkpoint_every_steps", "log_every",
-               "max_rollbacks", "rollback_lr_factor", "model", "loss", "d_steps", "gp_weight", "r1_gamma", "d_norm",
-               "spectral_norm", "ema_kimg", "augment", "flip", "lr_schedule", "lr_decay_start", "eval_every", "evaluate")
-
-
 def run_train(args: argparse.Namespace) -> None:
     """`facegan train`."""
     from facegan.config import from_preset
     from facegan.train.loop import train
     from facegan.train.rundir import resume_config
 
-    overrides = {key: getattr(args, key) for key in _TRAIN_KEYS}
+    overrides = {field.name: getattr(args, field.name) for field in _train_fields()}
     if args.data is not None:  # absolute, so a run resumes from any directory and compares equal
         overrides["data"] = str(Path(args.data).expanduser().resolve())
     if args.lr is not None:

@@ -11,6 +11,72 @@ from pathlib import Path
 from facegan.errors import FaceganError
 from facegan.files import write_atomically
 
+COMPILE_MODES = ("auto", "on", "off", "cudagraphs")
+_R1_EVERY = 16  # D updates between lazy R1 penalties (named in --r1-gamma's help)
+
+
+# The names a setting may take come from the registries that implement them. Those import torch,
+# and this module does not, so they are read when asked for (by validate() and the parser).
+def _models() -> tuple[str, ...]:
+    from facegan.models import MODELS
+
+    return tuple(MODELS)
+
+
+def _norms() -> tuple[str, ...]:
+    from facegan.models.dcgan import NORMS
+
+    return tuple(NORMS)
+
+
+def _losses() -> tuple[str, ...]:
+    from facegan.losses import LOSSES
+
+    return tuple(LOSSES)
+
+
+def _policies() -> tuple[str, ...]:
+    from facegan.augment import POLICIES
+
+    return tuple(POLICIES)
+
+
+def _schedules() -> tuple[str, ...]:
+    from facegan.train.schedule import SCHEDULES
+
+    return tuple(SCHEDULES)
+
+
+def _precisions() -> tuple[str, ...]:
+    from facegan.precision import PRECISIONS
+
+    return tuple(PRECISIONS)
+
+
+def _compile_modes() -> tuple[str, ...]:
+    return COMPILE_MODES
+
+
+# What `facegan train` needs to make a field an option, in the field's metadata (read by the CLI):
+#   help      the option's help, without its default: the parser appends the field's default. A field
+#             without help is no option (preset, resolution, betas, ... are set otherwise or not at all).
+#   flag      the option's name, when it is not --name-with-dashes
+#   metavar   the value's name in the help, when it is not the field's name
+#   type      how the value is read: "positive" (a whole number > 0), "natural" (>= 0), "float",
+#             "bool" (an --x/--no-x pair); none: text
+#   choices   a function giving the names the value may take (a registry's keys)
+#   subset_of a function giving the names a comma-separated value may combine
+#   unset     what the default None means, for the help
+#   group     "recipe" for the options each preset sets (the help's "beyond DCGAN" group)
+OPTION_KEYS = ("help", "flag", "metavar", "type", "choices", "subset_of", "unset", "group")
+
+
+def _option(default, text: str, **metadata):
+    """A TrainConfig field that is also a `facegan train` option, with `text` as its help (see OPTION_KEYS)."""
+    unknown = set(metadata) - set(OPTION_KEYS)
+    assert not unknown, f"unknown option metadata {sorted(unknown)}"
+    return dataclasses.field(default=default, metadata={"help": text, **metadata})
+
 
 @dataclass
 class TrainConfig:
@@ -18,64 +84,76 @@ class TrainConfig:
 
     preset: str = "dcgan"
     # Data: a prepared dataset, or None for the built-in synthetic faces (prepared once, cached).
-    data: str | None = None
-    synthetic_count: int = 10_240
+    data: str | None = _option(None, "a prepared dataset, from `facegan prepare`", unset="built-in synthetic faces")
+    synthetic_count: int = _option(10_240, "synthetic faces when no --data", type="positive")
     resolution: int | None = None  # None: the data's; fixed in config.json once a run starts
     # Model: DCGAN of Radford et al.; width is the channel count of G's last and D's first layer.
-    model: str = "dcgan"
-    latent_dim: int = 100
-    g_width: int = 64
-    d_width: int = 64
-    d_norm: str | None = None  # D's normalisation: batch, layer or none; None = the family's own (dcgan: batch)
-    spectral_norm: bool | None = None  # spectral normalisation of D's weights; None = the family's own (resnet: on)
+    model: str = _option("dcgan", "model family", choices=_models, group="recipe")
+    latent_dim: int = _option(100, "latent vector size; 128 is common", type="positive")
+    g_width: int = _option(64, "channels of G's last layer", type="positive")
+    d_width: int = _option(64, "channels of D's first layer", type="positive")
+    d_norm: str | None = _option(None, "D's normalisation layers", choices=_norms, group="recipe",
+                                 unset="the model family's own: batch for dcgan, none for resnet")
+    spectral_norm: bool | None = _option(None, "spectral normalisation in D", type="bool", group="recipe",
+                                         unset="the model family's own: off for dcgan, on for resnet")
     # Optimisation: the seeds' recipe (Adam 2e-4, betas (0.5, 0.999), batch 128, BCE on logits).
-    loss: str = "bce"
-    batch_size: int = 128
-    epochs: int = 5
-    lr_g: float = 2e-4
-    lr_d: float = 2e-4
-    betas: tuple[float, float] = (0.5, 0.999)
+    loss: str = _option("bce", "GAN loss", choices=_losses, group="recipe")
+    batch_size: int = _option(128, "images per step", type="positive")
+    epochs: int = _option(5, "epochs in total", type="positive")
+    lr_g: float = _option(2e-4, "learning rate of G", type="float")
+    lr_d: float = _option(2e-4, "learning rate of D", type="float")
+    betas: tuple[float, float] = (0.5, 0.999)  # --beta1 and --beta2
     # Beyond DCGAN, each off by default: D updates per G update (each on its own batch of reals),
     # WGAN-GP's gradient penalty weight, R1's gamma (applied lazily every r1_every D updates),
     # an EMA of G (half-life in thousands of images) that grids, samples and metrics then use,
     # DiffAugment on everything D sees, horizontal flips of reals, and learning-rate decay to 0
     # (from lr_decay_start, a fraction of the run's G updates).
-    d_steps: int = 1
-    gp_weight: float = 0.0
-    r1_gamma: float = 0.0
-    r1_every: int = 16
-    ema_kimg: float = 0.0
+    d_steps: int = _option(1, "D updates per G update, each on its own batch", type="positive", group="recipe")
+    gp_weight: float = _option(0.0, "WGAN-GP gradient penalty weight, 0 = off; needs --d-norm layer or none",
+                               type="float", group="recipe")
+    r1_gamma: float = _option(0.0, f"R1 penalty gamma, applied lazily every {_R1_EVERY} D updates; 0 = off",
+                              type="float", group="recipe")
+    r1_every: int = _R1_EVERY
+    ema_kimg: float = _option(0.0, "half-life of G's moving average in thousands of images; 0 = off",
+                              type="float", group="recipe")
     ema_rampup: float | None = None
-    augment: str = ""
-    flip: bool = False
-    lr_schedule: str = "constant"
-    lr_decay_start: float = 0.0
-    seed: int = 0
+    augment: str = _option("", "DiffAugment policy for everything D sees", subset_of=_policies, group="recipe")
+    flip: bool = _option(False, "random horizontal flips of real images", type="bool", group="recipe")
+    lr_schedule: str = _option("constant", "learning-rate decay to 0 at the end", choices=_schedules, group="recipe")
+    lr_decay_start: float = _option(0.0, "fraction of the run after which the decay starts", type="float", group="recipe")
+    seed: int = _option(0, "seed of initialisation, noise and batch order", type="natural")
     # Where and how.
-    device: str = "auto"
+    device: str = _option("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
     # Number format of the models' arithmetic: auto = bf16 where the hardware runs it natively
     # (AVX-512 BF16/AMX CPUs, Ampere+ GPUs), else fp32. Weights, BatchNorm statistics, losses
     # and optimizer state are float32 in every mode.
-    precision: str = "auto"
+    precision: str = _option("auto", "number format of the models' arithmetic: auto = bf16 where the hardware "
+                                     "runs it natively, else fp32", choices=_precisions)
     # torch.compile of G and D: auto = on for CUDA (where kernel launches dominate), off on the
     # CPU (measured: no gain there, and minutes of compilation); cudagraphs = compiled and
     # replayed as CUDA graphs (torch.compile's reduce-overhead mode).
-    compile: str = "auto"
-    runs_dir: str = "runs"
-    checkpoint_every_epochs: int = 1  # keep checkpoints/epoch-NNNN.pt every N epochs; 0 = only latest.pt
-    checkpoint_every_steps: int = 0  # also refresh latest.pt every N steps; 0 = at epoch ends only
-    log_every: int = 10  # steps between stats.jsonl records
+    compile: str = _option("auto", "torch.compile G and D: auto = on for CUDA, off on the CPU; cudagraphs = "
+                                   "compiled and replayed as CUDA graphs", choices=_compile_modes)
+    runs_dir: str = _option("runs", "where run directories are made")
+    checkpoint_every_epochs: int = _option(1, "keep checkpoints/epoch-NNNN.pt every N epochs besides latest.pt; "
+                                              "0 = latest only", flag="--checkpoint-every", type="natural")
+    checkpoint_every_steps: int = _option(0, "also refresh latest.pt every N steps; 0 = at epoch ends only",
+                                          flag="--checkpoint-steps", type="natural")
+    log_every: int = _option(10, "steps between stats.jsonl records", type="positive")
     grid_size: int = 64  # images in each per-epoch sample grid (from the fixed noise)
     # Quality tracked while training: every eval_every epochs (0 = never) the metrics in `evaluate`
     # (e.g. fid2k,kid2k) are measured against the training data with the standard Inception
     # network, appended to metrics.jsonl, and the checkpoint best on the first one is kept as best.pt.
-    eval_every: int = 0
-    evaluate: str = "fid2k"
+    eval_every: int = _option(0, "measure quality every N epochs, 0 = never; results in metrics.jsonl, "
+                                 "best checkpoint kept", metavar="EPOCHS", type="natural")
+    evaluate: str = _option("fid2k", "what --eval-every measures, e.g. fid2k or fid2k,kid2k,pr2k",
+                            flag="--eval", metavar="METRICS")
     histogram_batches: int = 4  # last batches of each epoch whose D probabilities are histogrammed
     # Divergence: a NaN or infinite loss or weight rolls the run back to its last good checkpoint
     # with both learning rates multiplied by rollback_lr_factor, at most max_rollbacks times per invocation.
-    max_rollbacks: int = 3
-    rollback_lr_factor: float = 0.5
+    max_rollbacks: int = _option(3, "times a diverged run (NaN or infinite loss) rolls back to its last good "
+                                    "checkpoint", type="natural")
+    rollback_lr_factor: float = _option(0.5, "learning rates are multiplied by this at each rollback", type="float")
 
     def to_dict(self) -> dict:
         """Plain JSON data."""
@@ -157,9 +235,6 @@ def from_preset(name: str, **overrides) -> TrainConfig:
 
 def validate(config: TrainConfig) -> None:
     """Refuse nonsense, with one sentence naming the setting and what is allowed."""
-    from facegan.losses import LOSSES
-    from facegan.models import MODELS
-
     def positive(name: str, value: float) -> None:
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
             raise FaceganError(f"{name} must be a positive number, not {value}.")
@@ -181,14 +256,14 @@ def validate(config: TrainConfig) -> None:
             raise FaceganError(f"{name.replace('_', '-')} must be a whole number, not {getattr(config, name)!r}.")
         if getattr(config, name) < 0:
             raise FaceganError(f"{name.replace('_', '-')} must be 0 or more, not {getattr(config, name)}.")
-    if config.model not in MODELS:
-        raise FaceganError(f"unknown model {config.model!r}; choose one of {', '.join(MODELS)}.")
-    if config.loss not in LOSSES:
-        raise FaceganError(f"unknown loss {config.loss!r}; choose one of {', '.join(LOSSES)}.")
+    if config.model not in _models():
+        raise FaceganError(f"unknown model {config.model!r}; choose one of {', '.join(_models())}.")
+    if config.loss not in _losses():
+        raise FaceganError(f"unknown loss {config.loss!r}; choose one of {', '.join(_losses())}.")
     if config.resolution is not None and config.resolution not in RESOLUTIONS:
         raise FaceganError(f"resolution must be a power of two from 8 to 1024 (32, 64, 128 are usual), not {config.resolution}.")
-    if config.d_norm not in (None, "batch", "layer", "none"):
-        raise FaceganError(f"d-norm must be batch, layer or none, not {config.d_norm!r}.")
+    if config.d_norm not in (None, *_norms()):
+        raise FaceganError(f"d-norm must be {_either(_norms())}, not {config.d_norm!r}.")
     if config.model == "resnet" and config.d_norm not in (None, "none"):
         raise FaceganError(f"the resnet model's D has no normalisation layers; d-norm {config.d_norm!r} cannot apply.")
     if config.gp_weight and config.d_norm in (None, "batch") and config.model == "dcgan":
@@ -203,11 +278,11 @@ def validate(config: TrainConfig) -> None:
             raise FaceganError(f"{name.replace('_', '-')} must be 0 (off) or a positive number, not {value!r}.")
     if config.ema_rampup is not None and not (isinstance(config.ema_rampup, (int, float)) and config.ema_rampup > 0):
         raise FaceganError(f"ema-rampup must be a positive number or null, not {config.ema_rampup!r}.")
-    unknown = [p for p in config.augment.split(",") if p.strip() and p.strip() not in ("color", "translation", "cutout")]
+    unknown = [p for p in config.augment.split(",") if p.strip() and p.strip() not in _policies()]
     if unknown:
-        raise FaceganError(f"unknown augmentation {unknown[0]!r}; augment is a comma-separated subset of color,translation,cutout.")
-    if config.lr_schedule not in ("constant", "linear", "cosine"):
-        raise FaceganError(f"lr-schedule must be constant, linear or cosine, not {config.lr_schedule!r}.")
+        raise FaceganError(f"unknown augmentation {unknown[0]!r}; augment is a comma-separated subset of {','.join(_policies())}.")
+    if config.lr_schedule not in _schedules():
+        raise FaceganError(f"lr-schedule must be {_either(_schedules())}, not {config.lr_schedule!r}.")
     if not (isinstance(config.lr_decay_start, (int, float)) and 0 <= config.lr_decay_start < 1):
         raise FaceganError(f"lr-decay-start must be a fraction in [0, 1), not {config.lr_decay_start!r}.")
     if not isinstance(config.eval_every, int) or isinstance(config.eval_every, bool) or config.eval_every < 0:
@@ -216,12 +291,17 @@ def validate(config: TrainConfig) -> None:
         from facegan.metrics.names import parse_metrics
 
         parse_metrics(config.evaluate)  # one sentence for a bad name, before any training
-    if config.precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise FaceganError(f"precision must be auto, fp32, bf16 or fp16, not {config.precision!r}.")
-    if config.compile not in ("auto", "on", "off", "cudagraphs"):
-        raise FaceganError(f"compile must be auto, on, off or cudagraphs, not {config.compile!r}.")
+    if config.precision not in _precisions():
+        raise FaceganError(f"precision must be {_either(_precisions())}, not {config.precision!r}.")
+    if config.compile not in COMPILE_MODES:
+        raise FaceganError(f"compile must be {_either(COMPILE_MODES)}, not {config.compile!r}.")
     if not isinstance(config.device, str) or (config.device not in ("auto", "cpu", "cuda", "mps") and not config.device.startswith("cuda:")):
         raise FaceganError(f"device must be auto, cpu, cuda, cuda:N or mps, not {config.device!r}.")
+
+
+def _either(names: tuple[str, ...]) -> str:
+    """'a, b or c'."""
+    return f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
 
 
 def changed_on_resume(saved: TrainConfig, requested: TrainConfig) -> list[str]:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-KINDS = ("constant", "linear", "cosine")
+SCHEDULES = ("constant", "linear", "cosine")  # what lr_factor computes; the choices of --lr-schedule
 
 
 def lr_factor(step: int, total_steps: int, kind: str, start_fraction: float = 0.0) -> float:
@@ -21,8 +21,8 @@ def lr_factor(step: int, total_steps: int, kind: str, start_fraction: float = 0.
     done so far, so the first update uses lr_factor(0, ...) = 1 and the factor at total_steps
     is 0; steps beyond the total stay at 0.
     """
-    if kind not in KINDS:
-        raise ValueError(f"unknown schedule {kind!r}; choose one of {', '.join(KINDS)}")
+    if kind not in SCHEDULES:
+        raise ValueError(f"unknown schedule {kind!r}; choose one of {', '.join(SCHEDULES)}")
     if total_steps <= 0 or not 0 <= start_fraction < 1:
         raise ValueError(f"need total_steps > 0 and 0 <= start_fraction < 1, not {total_steps} and {start_fraction}")
     if kind == "constant":
