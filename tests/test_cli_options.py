@@ -7,12 +7,11 @@ import dataclasses
 
 import pytest
 
-from facegan import augment, losses, models
+from facegan import augment, losses, models, precision
 from facegan.cli import build_parser, main
 from facegan.config import COMPILE_MODES, PRESETS, TrainConfig, from_preset
 from facegan.errors import FaceganError
 from facegan.models import dcgan
-from facegan import precision
 from facegan.train import schedule
 
 # Every flag of `facegan train` before its options were generated, and the field each sets.

@@ -95,7 +95,7 @@ class _Names(Sequence[str]):
             self._names = tuple(self._read())
         return self._names
 
-    def __getitem__(self, index):  # noqa: ANN001 - Sequence's own signature
+    def __getitem__(self, index):
         return self._all()[index]
 
     def __len__(self) -> int:
@@ -105,7 +105,7 @@ class _Names(Sequence[str]):
 class _LazyHelp(str):
     """A help text completed only when shown (argparse formats help only for --help and errors)."""
 
-    def __new__(cls, placeholder: str, make: Callable[[], str]) -> _LazyHelp:
+    def __new__(cls, placeholder: str, make: Callable[[], str]) -> _LazyHelp:  # noqa: PYI034 - final, never subclassed
         text = super().__new__(cls, placeholder)  # what it reads as until shown (never empty: argparse skips "")
         text.make = make
         return text
