@@ -42,7 +42,10 @@ BENCHMARKS = ROOT / "benchmarks"
 _RUNNER = r"""
 import json, os, runpy, sys, time, traceback
 jobs = json.loads(sys.argv[1])
-import torch, facegan.train.loop, facegan.sample, facegan.metrics.evaluate  # noqa: F401
+try:  # best effort: a module that fails to import fails in each script that needs it, with its traceback
+    import torch, facegan.train.loop, facegan.sample, facegan.metrics.evaluate  # noqa: F401
+except Exception:
+    pass
 results = {}
 for job in jobs:
     sys.stdout.flush()
