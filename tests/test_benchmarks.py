@@ -96,6 +96,8 @@ def small_celeba(root: Path, count: int) -> Path:
 @pytest.fixture(scope="module")
 def printed(tmp_path_factory) -> dict[str, dict]:
     """Each script's exit code, stdout and stderr, by name; a script whose inputs are missing is absent."""
+    if not hasattr(os, "fork"):
+        pytest.skip("the runner forks a child per script (POSIX only)")
     work = tmp_path_factory.mktemp("benchmarks")
     jobs = {"throughput": ["--tiny", "--device", "cpu", "--rounds", "1", "--steps", "1"],
             "learn": ["--minutes", "0", "--datasets", "synthetic", "--faces", "32", "--width", "8", "--batch", "16",
