@@ -2,9 +2,11 @@
 
     python benchmarks/learn.py                         # ~10 minutes per dataset on the CPU
     python benchmarks/learn.py --minutes 3 --datasets synthetic
+    python benchmarks/learn.py --minutes 0 --datasets synthetic --faces 32 --width 8 --batch 16 --samples 16   # one epoch, seconds
 
-For each dataset it trains the dcgan preset with facegan's own loop (`train`, with a progress_fn
-after each epoch and an abort_fn) for a fixed wall-clock budget, and after every epoch measures the sliced
+For each dataset it trains the dcgan preset with facegan's own loop (one `train`, whose progress_fn
+measures after each epoch and whose abort_fn ends it) for a fixed wall-clock budget; after every
+epoch it measures the sliced
 Wasserstein distance over Laplacian-pyramid patches (Karras et al. 2018) between 2,048 generated
 images and 2,048 real ones. The figure needs no pretrained network; lower is better, and it must
 fall clearly. Datasets: 8,192 built-in synthetic faces, and the 8,000 real CelebA faces of
@@ -36,12 +38,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FACEGAN_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
-def prepare_dataset(name: str, work: Path) -> Path:
+def prepare_dataset(name: str, work: Path, faces: int = 8_192) -> Path:
     """A prepared 64x64 dataset for one of the benchmark's sources (prepared once per run of the script)."""
     if (work / name / "dataset.json").exists():
         return work / name
     if name == "synthetic":
-        return prepare("synthetic", work / "synthetic", count=8_192, progress=False)
+        return prepare("synthetic", work / "synthetic", count=faces, progress=False)
     if name == "celeba-89":
         return prepare(str(SHARED / "celeba-89"), work / "celeba-89", progress=False)
     raise SystemExit(f"unknown dataset {name!r}")
@@ -52,15 +54,19 @@ def measure(real: np.ndarray, fake: np.ndarray) -> dict[str, float]:
     return swd(real, fake, seed=0)
 
 
-def run(name: str, work: Path, minutes: float, samples: int, grids: Path | None, precision: str = "auto") -> list[dict]:
-    """Train for `minutes` of wall clock and return one row per epoch (epoch 0 = initialisation)."""
-    data = prepare_dataset(name, work)
+def run(name: str, work: Path, minutes: float, samples: int, grids: Path | None, precision: str = "auto",
+        faces: int = 8_192, overrides: dict | None = None) -> list[dict]:
+    """Train for `minutes` of wall clock and return one row per epoch (epoch 0 = initialisation).
+
+    At least one epoch is trained, however small `minutes`; `overrides` change the dcgan preset.
+    """
+    data = prepare_dataset(name, work, faces)
     dataset = open_prepared(data)
     rng = np.random.default_rng(0)
     real = dataset.take(np.sort(rng.choice(len(dataset), min(samples, len(dataset)), replace=False)))
     # As many epochs as the budget holds: the run stops itself after the last one that fits.
     config = from_preset("dcgan", data=str(data), runs_dir=str(work / "runs" / precision), epochs=10_000, device="cpu",
-                         precision=precision)
+                         precision=precision, **(overrides or {}))
 
     state = build_state(config, dataset.resolution, torch.device("cpu"))
     z = latents(samples, config.latent_dim, 12345)
@@ -96,7 +102,11 @@ def main() -> None:
     parser.add_argument("--precision", default="auto",
                         help="comma-separated precisions to train with, e.g. fp32,bf16 to compare them (default auto)")
     parser.add_argument("--grids", type=Path, default=None, help="copy each final sample grid here as learn-NAME.png")
+    parser.add_argument("--faces", type=int, default=8_192, help="synthetic faces to train on (default 8,192)")
+    parser.add_argument("--width", type=int, default=None, help="G and D width (default the dcgan preset's, 64)")
+    parser.add_argument("--batch", type=int, default=None, help="batch size (default the dcgan preset's, 128)")
     args = parser.parse_args()
+    overrides = {"g_width": args.width, "d_width": args.width, "batch_size": args.batch}  # from_preset drops None
     work = Path(tempfile.mkdtemp(prefix="facegan-learn-"))
     os.environ["FACEGAN_CACHE"] = str(work / "cache")
     results = {}
@@ -104,7 +114,7 @@ def main() -> None:
         for name in args.datasets.split(","):
             for precision in args.precision.split(","):
                 label = name if "," not in args.precision else f"{name} {precision}"
-                results[label] = run(name, work, args.minutes, args.samples, args.grids, precision)
+                results[label] = run(name, work, args.minutes, args.samples, args.grids, precision, args.faces, overrides)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -80,20 +80,21 @@ def timed(function, *args, **kwargs) -> tuple[float, object]:
     return time.perf_counter() - start, value
 
 
-def math_rows(with_scipy: bool) -> list[tuple[str, float, str]]:
+def math_rows(with_scipy: bool, count: int = 10_000, dim: int = 2048) -> list[tuple[str, float, str]]:
+    """(what, seconds, value) of the statistics on `count` x `dim` features (the tests call it small)."""
     rng = np.random.default_rng(0)
     # Inception-like: non-negative, skewed, correlated through a shared mixing matrix.
-    mixing = rng.normal(size=(2048, 2048)).astype(np.float32) / 45
-    real = np.abs(rng.normal(size=(10_000, 2048)).astype(np.float32) @ mixing) ** 1.5
-    fake = np.abs(rng.normal(size=(10_000, 2048)).astype(np.float32) @ mixing * 1.02) ** 1.5
+    mixing = rng.normal(size=(dim, dim)).astype(np.float32) / 45
+    real = np.abs(rng.normal(size=(count, dim)).astype(np.float32) @ mixing) ** 1.5
+    fake = np.abs(rng.normal(size=(count, dim)).astype(np.float32) @ mixing * 1.02) ** 1.5
     rows = []
     seconds, (a, b) = timed(lambda: (fid.gaussian_stats(real), fid.gaussian_stats(fake)))
-    rows.append(("mean and covariance, 2 x 10,000 x 2048", seconds, ""))
+    rows.append((f"mean and covariance, 2 x {count:,} x {dim}", seconds, ""))
     seconds, value = timed(fid.frechet_distance, a, b)
     rows.append(("FID from statistics (Cholesky + eigvalsh)", seconds, f"{value:.4f}"))
-    small_a, small_b = fid.gaussian_stats(real[:2000]), fid.gaussian_stats(fake[:2000])
+    small_a, small_b = fid.gaussian_stats(real[: count // 5]), fid.gaussian_stats(fake[: count // 5])
     seconds, value = timed(fid.frechet_distance, small_a, small_b)
-    rows.append(("FID, 2,000 samples: singular (eigh path)", seconds, f"{value:.4f}"))
+    rows.append((f"FID, {count // 5:,} samples: singular (eigh path)", seconds, f"{value:.4f}"))
     if with_scipy:
         import scipy.linalg
 
@@ -101,9 +102,9 @@ def math_rows(with_scipy: bool) -> list[tuple[str, float, str]]:
         value = np.sum((a.mu - b.mu) ** 2) + np.trace(a.sigma) + np.trace(b.sigma) - 2 * np.trace(root).real
         rows.append(("FID with scipy.linalg.sqrtm (reference way)", seconds, f"{value:.4f}"))
     seconds, (mean, std) = timed(fid.kernel_inception_distance, real, fake)
-    rows.append(("KID, 100 subsets of 1,000", seconds, f"{mean:.5f} +- {std:.5f}"))
+    rows.append((f"KID, 100 subsets of {min(count, 1000):,}", seconds, f"{mean:.5f} +- {std:.5f}"))
     seconds, (precision, recall) = timed(fid.precision_recall, real, fake)
-    rows.append(("precision/recall, k=3, 10,000 each", seconds, f"{precision:.4f} / {recall:.4f}"))
+    rows.append((f"precision/recall, k=3, {count:,} each", seconds, f"{precision:.4f} / {recall:.4f}"))
     return rows
 
 

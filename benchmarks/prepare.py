@@ -2,6 +2,7 @@
 
     python benchmarks/prepare.py                  # full scale: 202,599 CelebA images (~2.5 GB written)
     python benchmarks/prepare.py --images 20000   # quicker
+    python benchmarks/prepare.py --images 128 --faces 16 --baseline 16 --batches 1   # a smoke run in seconds (the tests')
 
 Real CelebA: an official-layout tree of N symlinks that cycle over the real sample's JPEGs in
 ../shared/data/celeba, named 000001.jpg ... so that the complete annotation files match every
@@ -95,14 +96,18 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=202_599, help="CelebA images to prepare (default: all 202,599)")
     parser.add_argument("--faces", type=int, default=50_000, help="synthetic faces to render (default 50,000)")
     parser.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: a temporary one)")
+    parser.add_argument("--baseline", type=int, default=None,
+                        help="images each single-process baseline decodes or renders (default 1,500 JPEGs, 4,096 faces)")
+    parser.add_argument("--batches", type=int, default=400, help="shuffled batches of 128 to draw (default 400)")
     args = parser.parse_args()
+    jpegs, renders = (args.baseline, args.baseline) if args.baseline else (1500, 4096)
     if not CELEBA.exists():
         sys.exit(f"the real CelebA sample is not at {CELEBA}")
     work = Path(tempfile.mkdtemp(prefix="facegan-bench-", dir=args.workdir))
     rows = []
     try:
         tree = build_tree(work / "celeba", args.images)
-        sample = sorted((CELEBA / "img_align_celeba").iterdir())[:1500]
+        sample = sorted((CELEBA / "img_align_celeba").iterdir())[:jpegs]
         plain_loop(sample[:100])  # warm up
         baseline = plain_loop(sample)
         seconds, peak = run_prepare([str(tree), "--out", str(work / "c64")])
@@ -111,17 +116,18 @@ def main() -> None:
 
         from facegan.data.synthetic import render_faces
 
-        render_faces(0, 0, 256)  # warm up
+        render_faces(0, 0, min(256, renders))  # warm up
         start = time.perf_counter()
-        for first in range(0, 4096, 1024):  # the chunk size prepare's workers use
-            render_faces(0, first, 1024)
-        single = 4096 / (time.perf_counter() - start)
+        for first in range(0, renders, 1024):  # the chunk size prepare's workers use
+            render_faces(0, first, min(1024, renders - first))
+        single = renders / (time.perf_counter() - start)
         seconds, peak = run_prepare(["synthetic", "--count", str(args.faces), "--out", str(work / "s64")])
         rows.append(("synthetic faces 64x64", f"{args.faces:,}", seconds, args.faces / seconds, single, TARGETS["synthetic"], peak))
 
-        plain = batch_rate(work / "c64", 400, sort=False)
-        rate = batch_rate(work / "c64", 400, sort=True)
-        rows.append(("shuffled batches of 128", "51,200", 51_200 / rate, rate, plain, TARGETS["batches"], float("nan")))
+        plain = batch_rate(work / "c64", args.batches, sort=False)
+        rate = batch_rate(work / "c64", args.batches, sort=True)
+        drawn = args.batches * 128
+        rows.append(("shuffled batches of 128", f"{drawn:,}", drawn / rate, rate, plain, TARGETS["batches"], float("nan")))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -2,6 +2,7 @@
 
     python benchmarks/throughput.py                 # everything (~10 minutes on a 2-core CPU)
     python benchmarks/throughput.py --quick         # fewer steps, smaller sweep
+    python benchmarks/throughput.py --tiny --rounds 1 --steps 1   # a smoke run in seconds (the tests'); no memory table
 
 In one run, on the same DCGAN-64 (the dcgan preset), batch and data:
 - plain: an eager fp32 NCHW loop written as pytorch/examples' dcgan is (Sigmoid + BCELoss,
@@ -96,10 +97,10 @@ def _plain_init(m: nn.Module) -> None:
 class PlainLoop:
     """The body of pytorch/examples' dcgan main loop, one batch at a time."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, width: int = 64) -> None:
         torch.manual_seed(0)
         self.device = device
-        self.netG, self.netD = PlainGenerator().to(device), PlainDiscriminator().to(device)
+        self.netG, self.netD = PlainGenerator(ngf=width).to(device), PlainDiscriminator(ndf=width).to(device)
         self.netG.apply(_plain_init)
         self.netD.apply(_plain_init)
         self.criterion = nn.BCELoss()
@@ -150,10 +151,10 @@ def jpeg_loader(batch_size: int, workers: int) -> torch.utils.data.DataLoader:
 # ----------------------------------------------------------------------------- measuring
 
 
-def ceiling_gflops(device: torch.device, seconds: float = 3.0) -> tuple[float, str]:
+def ceiling_gflops(device: torch.device, seconds: float = 3.0, n: int | None = None) -> tuple[float, str]:
     """GFLOP/s of a large matrix product in the fastest format this device runs natively."""
     dtype = torch.bfloat16 if fast_bf16(device) else torch.float32
-    n = 8192 if device.type == "cuda" else 2048
+    n = n or (8192 if device.type == "cuda" else 2048)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     best = 0.0
@@ -175,7 +176,7 @@ def step_gflop_per_image(config, resolution: int, device: torch.device) -> tuple
     because its G update does not compute D's weight gradients, which it would throw away.
     """
     reals = torch.rand(config.batch_size, 3, resolution, resolution, device=device) * 2 - 1
-    plain = PlainLoop(device)
+    plain = PlainLoop(device, config.g_width)
     with FlopCounterMode(display=False) as counter:
         plain.step(reals)
     plain_flops = counter.get_total_flops()
@@ -283,32 +284,36 @@ def main() -> None:
     parser.add_argument("--with-compile", action="store_true",
                         help="also time the step with torch.compile forced on (the CPU default is off)")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="plain loop's DataLoader workers (GPU)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="a smoke run in seconds, for the tests: width 8, batch 16, 64 faces per resolution, a sweep "
+                             "of batch 16 only, a 256x256 matrix product, no memory table; its figures mean nothing")
     args = parser.parse_args()
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
     steps = args.steps or (200 if cuda else (3 if args.quick else 6))
     warmup = 20 if cuda else 2
+    batch, width, faces = (16, 8, 64) if args.tiny else (128, 64, None)
     work = Path(tempfile.mkdtemp(prefix="facegan-throughput-"))
-    data = {r: prepare("synthetic", work / f"synthetic{r}", count=2048 if r < 128 or not args.quick else 1024, size=r,
-                       progress=False) for r in (32, 64, 128)}
+    data = {r: prepare("synthetic", work / f"synthetic{r}", count=faces or (2048 if r < 128 or not args.quick else 1024),
+                       size=r, progress=False) for r in (32, 64, 128)}
     dataset = open_prepared(data[64])
-    config = from_preset("dcgan", data=str(data[64]), device=str(device))
+    config = from_preset("dcgan", data=str(data[64]), device=str(device), batch_size=batch, g_width=width, d_width=width)
     source = BatchSource(dataset, device)
 
     gflop, facegan_gflop = step_gflop_per_image(config, 64, device)
-    peak, peak_format = ceiling_gflops(device)
-    plain = PlainLoop(device)
-    batches = plain_batches(device, dataset, 128, args.workers)
+    peak, peak_format = ceiling_gflops(device, 0.05, 256) if args.tiny else ceiling_gflops(device)
+    plain = PlainLoop(device, width)
+    batches = plain_batches(device, dataset, batch, args.workers)
     plain_rates, facegan_rates = [], []
     for _ in range(args.rounds):
-        plain_rates.append(time_plain(plain, batches, steps, warmup, 128))
+        plain_rates.append(time_plain(plain, batches, steps, warmup, batch))
         facegan_rates.append(time_facegan(config, source, steps, warmup, device))
     plain_rate, facegan_rate = statistics.median(plain_rates), statistics.median(facegan_rates)
     ceiling = peak / gflop
 
     name = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
     state = build_state(config, 64, device)
-    print(f"\nDCGAN-64, batch 128, on {name}; torch {torch.__version__}; facegan precision {state.precision.name}, "
+    print(f"\nDCGAN-64{f' (width {width})' if width != 64 else ''}, batch {batch}, on {name}; torch {torch.__version__}; facegan precision {state.precision.name}, "
           f"compile {'on' if state.compiled else 'off'}")
     print(f"one DCGAN training step costs {gflop:.2f} GFLOP per image (counted on the plain loop; facegan's step "
           f"executes {facegan_gflop:.2f}); {peak_format} matrix product: {peak:,.0f} GFLOP/s -> ceiling {ceiling:,.0f} images/s\n")
@@ -318,20 +323,22 @@ def main() -> None:
     print(f"{'plain eager fp32 NCHW (' + plain_data + ')':<44}{plain_rate:>10,.1f}{1.0:>9.2f}x{plain_rate / ceiling:>11.0%}")
     print(f"{'facegan train_step':<44}{facegan_rate:>10,.1f}{facegan_rate / plain_rate:>9.2f}x{facegan_rate / ceiling:>11.0%}")
     if args.with_compile:
-        compiled = from_preset("dcgan", data=str(data[64]), device=str(device), compile="on")
+        compiled = from_preset("dcgan", data=str(data[64]), device=str(device), compile="on", batch_size=batch,
+                               g_width=width, d_width=width)
         rate = time_facegan(compiled, source, steps, warmup + 2, device)
         print(f"{'facegan train_step, torch.compile on':<44}{rate:>10,.1f}{rate / plain_rate:>9.2f}x{rate / ceiling:>11.0%}")
     print(f"(rounds: plain {', '.join(f'{r:.1f}' for r in plain_rates)}; facegan {', '.join(f'{r:.1f}' for r in facegan_rates)})")
 
     # How cost grows with batch size and resolution.
-    batch_sizes = [32, 128, 512] if args.quick else [32, 64, 128, 256, 512, 1024]
+    batch_sizes = [batch] if args.tiny else [32, 128, 512] if args.quick else [32, 64, 128, 256, 512, 1024]
     print(f"\nfacegan images/s by batch size and resolution ({steps if cuda else 2} timed steps per cell)\n")
     print(f"{'resolution':<12}" + "".join(f"{b:>9}" for b in batch_sizes))
     print("-" * (12 + 9 * len(batch_sizes)))
     for resolution in (32, 64, 128):
         cells = []
         for b in batch_sizes:
-            sweep = from_preset("dcgan", data=str(data[resolution]), device=str(device), batch_size=b)
+            sweep = from_preset("dcgan", data=str(data[resolution]), device=str(device), batch_size=b, g_width=width,
+                                d_width=width)
             sweep_source = BatchSource(open_prepared(data[resolution]), device)
             if b > len(sweep_source.dataset):
                 cells.append(float("nan"))
@@ -339,7 +346,7 @@ def main() -> None:
             cells.append(time_facegan(sweep, sweep_source, steps if cuda else 2, warmup if cuda else 1, device))
         print(f"{resolution:<12}" + "".join(f"{c:>9,.1f}" for c in cells))
 
-    if not cuda:
+    if not cuda and not args.tiny:  # each row is a child process that imports torch: seconds, even when tiny
         small = prepare("synthetic", work / "mem-small", count=2048, progress=False)
         large = prepare("synthetic", work / "mem-large", count=32768, progress=False)
         print("\npeak resident memory of training at batch 128 on the CPU (child process, 16 steps)\n")
