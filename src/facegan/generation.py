@@ -24,7 +24,7 @@ from facegan.config import TrainConfig, validate
 from facegan.errors import FaceganError
 from facegan.models import build_models
 from facegan.precision import Precision
-from facegan.train.checkpoint import NOT_A_RUN, resolve_checkpoint
+from facegan.train.checkpoint import resolve_checkpoint
 
 # A sampling function: `count` images of latents drawn from `seed`, uint8 (N, H, W, 3), as one array
 # or as batches that together hold `count` (so metrics of 50k images never hold them all).
@@ -98,7 +98,8 @@ def load_generator(source: str | os.PathLike, device: torch.device | str = "cpu"
         weights, config = read_exported(path)
     else:
         if not path.exists():
-            raise FaceganError(f"{path} does not exist; {NOT_A_RUN}, or a .safetensors file from `facegan export`.")
+            raise FaceganError(f"{path} does not exist; give a run directory (runs/NNNNN-preset), a checkpoint file "
+                               "or a .safetensors file from `facegan export`.")
         path, checkpoint = resolve_checkpoint(path)
         config = checkpoint_config(path, checkpoint)
         weights = checkpoint["generator"]

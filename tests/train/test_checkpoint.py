@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from facegan.errors import FaceganError
+from facegan.errors import FaceganError, FaceganWarning
 from facegan.train.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
@@ -21,7 +21,6 @@ from facegan.train.checkpoint import (
     checkpoints_newest_first,
     epoch_checkpoint_name,
     hash_path,
-    latest_checkpoint,
     load_checkpoint,
     newest_good_checkpoint,
     nonfinite_tensor,
@@ -139,7 +138,7 @@ def test_nonfinite_tensor_names_the_first_bad_floating_tensor():
 def test_checkpoints_are_ordered_latest_then_epochs_by_number(tmp_path):
     folder = checkpoint_dir(tmp_path)
     assert folder == tmp_path / "checkpoints"
-    assert checkpoints_newest_first(tmp_path) == [] and latest_checkpoint(tmp_path) is None
+    assert checkpoints_newest_first(tmp_path) == []
     folder.mkdir()
     for epoch in (2, 9999, 10000, 1):
         (folder / epoch_checkpoint_name(epoch)).write_bytes(b"")
@@ -148,28 +147,29 @@ def test_checkpoints_are_ordered_latest_then_epochs_by_number(tmp_path):
         (folder / name).write_bytes(b"")
     assert epoch_checkpoint_name(3) == "epoch-0003.pt"
     assert [p.name for p in checkpoints_newest_first(tmp_path)] == ["epoch-10000.pt", "epoch-9999.pt", "epoch-0002.pt", "epoch-0001.pt"]
-    assert latest_checkpoint(tmp_path) == folder / "epoch-10000.pt"
+    assert checkpoints_newest_first(tmp_path)[0] == folder / "epoch-10000.pt"
     (folder / "latest.pt").write_bytes(b"")
-    assert checkpoints_newest_first(tmp_path)[0] == latest_checkpoint(tmp_path) == folder / "latest.pt"
+    assert checkpoints_newest_first(tmp_path)[0] == folder / "latest.pt"
 
 
-def test_the_newest_good_checkpoint_skips_a_damaged_one_with_a_warning(tmp_path, capsys):
+def test_the_newest_good_checkpoint_skips_a_damaged_one_with_a_warning(tmp_path, recwarn):
     folder = checkpoint_dir(tmp_path)
     assert newest_good_checkpoint(tmp_path) is None
     for epoch in (1, 2):
         save_checkpoint(state(epoch), folder / epoch_checkpoint_name(epoch))
     save_checkpoint(state(3), folder / "latest.pt")
     path, loaded = newest_good_checkpoint(tmp_path)
-    assert path == folder / "latest.pt" and loaded["step"] == 3 and capsys.readouterr().err == ""
+    assert path == folder / "latest.pt" and loaded["step"] == 3 and len(recwarn) == 0
     flip_a_byte(folder / "latest.pt")
-    path, loaded = newest_good_checkpoint(tmp_path)
+    with pytest.warns(FaceganWarning) as warned:
+        path, loaded = newest_good_checkpoint(tmp_path)
     assert path == folder / "epoch-0002.pt" and loaded["step"] == 2
-    err = capsys.readouterr().err
-    assert err.startswith("facegan: warning: ") and "latest.pt is damaged" in err and "Trying an older checkpoint." in err
+    (message,) = [str(w.message) for w in warned]
+    assert "latest.pt is damaged" in message and message.endswith("Trying an older checkpoint.")
     hash_path(folder / "epoch-0002.pt").unlink()
-    path, loaded = newest_good_checkpoint(tmp_path)
-    assert path == folder / "epoch-0002.pt" and "has no epoch-0002.pt.sha256 (written by an older facegan); using it " \
-                                                "unverified" in capsys.readouterr().err
+    with pytest.warns(FaceganWarning, match=r"has no epoch-0002\.pt\.sha256 \(written by an older facegan\); using it unverified"):
+        path, loaded = newest_good_checkpoint(tmp_path)
+    assert path == folder / "epoch-0002.pt"
     (folder / "epoch-0002.pt").write_bytes((folder / "epoch-0002.pt").read_bytes()[:300])  # cut short, and unverifiable
     flip_a_byte(folder / "epoch-0001.pt")
     with pytest.raises(FaceganError, match=r"all 3 checkpoints of .* are damaged \(see the warnings above\); the run cannot "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import socket
@@ -18,8 +17,6 @@ from facegan.train.guard import (
     LOCK_FILE,
     DivergenceGuard,
     StopRequest,
-    describe_os_error,
-    reporting_disk_errors,
     run_lock,
     stop_on_signals,
 )
@@ -118,37 +115,3 @@ def test_on_an_accelerator_the_flag_is_read_only_when_asked():
     guard.observe(torch.tensor(float("nan")))
     assert guard.check() is None  # not read: no synchronisation between log steps
     assert guard.check(read=True) == "a non-finite loss"
-
-
-@reporting_disk_errors("the images", then="then sample again")
-def write(error: Exception | None = None, value: int = 1) -> int:
-    """Writes nothing; raises `error` if given."""
-    if error is not None:
-        raise error
-    return value
-
-
-def test_a_full_disk_becomes_one_sentence_naming_the_file_and_what_to_do():
-    full = OSError(errno.ENOSPC, "No space left on device", "/runs/00001/samples/x.png")
-    with pytest.raises(FaceganError, match=r"^could not write /runs/00001/samples/x\.png \(No space left on device\); free some "
-                                           r"disk space, then sample again\.$") as caught:
-        write(full)
-    assert caught.value.__cause__ is None and caught.value.__suppress_context__  # no traceback chained to it
-    with pytest.raises(FaceganError, match=r"^could not write the images \(Read-only file system\); choose a writable place, then "
-                                           r"sample again\.$"):
-        write(OSError(errno.EROFS, "Read-only file system"))
-
-
-def test_other_errors_and_return_values_pass_through_the_decorator():
-    assert write(value=5) == 5 and write.__name__ == "write" and write.__doc__ == "Writes nothing; raises `error` if given."
-    with pytest.raises(ValueError, match="not a disk error"):
-        write(ValueError("not a disk error"))
-
-
-@pytest.mark.parametrize("code, advice", [(errno.EDQUOT, "free some of your disk quota"), (errno.EACCES, "fix the permissions"),
-                                          (errno.EPERM, "fix the permissions"), (errno.EIO, "check the disk")])
-def test_each_kind_of_disk_error_gets_its_advice(code, advice):
-    message = describe_os_error(OSError(code, os.strerror(code), "/x"), "the checkpoint", "then resume")
-    assert message == f"could not write /x ({os.strerror(code)}); {advice}, then resume."
-    assert describe_os_error(OSError("odd\nsecond line"), "the plot", "then retry") == \
-        "could not write the plot (odd); check the disk, then retry."

@@ -21,6 +21,12 @@ def is_junk(rel: str) -> bool:
     return any(part in _JUNK_PARTS or part.startswith(".") for part in PurePosixPath(rel).parts)
 
 
+def _escapes(name: str) -> bool:
+    """True for a zip member name that points outside the archive's own folder (zip slip)."""
+    path = PurePosixPath(name.replace("\\", "/"))
+    return path.is_absolute() or ".." in path.parts or (len(name) > 1 and name[1] == ":")
+
+
 class SourceTree:
     """A read-only set of files addressed by relative POSIX paths."""
 
@@ -82,7 +88,10 @@ class ZipTree(SourceTree):
         return {"path": self.path, "_zip": None, "_owner": 0}
 
     def list_files(self) -> list[str]:
-        return sorted(info.filename for info in self._archive().infolist() if not info.is_dir())
+        # Nothing is ever extracted, but a member that would land outside the archive's folder when
+        # extracted (absolute, a drive, or `..`) is no image of this collection: never listed.
+        return sorted(info.filename for info in self._archive().infolist()
+                      if not info.is_dir() and not _escapes(info.filename))
 
     def read(self, rel: str) -> bytes:
         return self._archive().read(rel)
