@@ -1,30 +1,36 @@
 """From a trained generator to uint8 images: the one path that grids, `sample`, metrics and exports share.
 
-- `latents(count, dim, seed)`: the same latent vectors for a seed on any device.
+- `latents(count, dim, seed)`: the same latent vectors for a seed on any device; `latent_batches` the
+  same vectors a batch at a time, drawn `LATENT_CHUNK` at a time, so no count is held at once.
 - `generate(G, z)`: images as a saved PNG holds them, in eval mode.
 - `sampler(G, dim)`: a sampling function `(count, seed) -> uint8 batches`, what metrics take.
 - `load_generator(source)`: the G to sample from in a run directory, a checkpoint or an exported
-  .safetensors file (its moving average when the run keeps one).
+  .safetensors file (its moving average when the run keeps one). Nothing is sized from a file's
+  numbers before they are checked: the configuration is validated, the weights' names and shapes
+  are compared with the generator it describes (built on the meta device, where nothing is
+  allocated), and weights holding NaN or infinity are refused.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from facegan.config import TrainConfig, validate
 from facegan.errors import FaceganError
 from facegan.models import build_models
 from facegan.precision import Precision
-from facegan.train.checkpoint import resolve_checkpoint
+from facegan.train.checkpoint import nonfinite_tensor, resolve_checkpoint
 
 # A sampling function: `count` images of latents drawn from `seed`, uint8 (N, H, W, 3), as one array
 # or as batches that together hold `count` (so metrics of 50k images never hold them all).
@@ -34,11 +40,53 @@ EXPORT_FORMAT = "facegan-generator"
 EXPORT_VERSION = 1
 EXPORT_SUFFIX = ".safetensors"
 WEIGHTS = ("ema", "raw")  # which G of a checkpoint: its moving average (when kept), or the trained weights
+# The metadata a file must hold to be read (export also writes weights, epoch and step, which
+# describe it and decide nothing); a file lacking any is refused, and so is a configuration lacking
+# any setting: nothing read from a file takes a default.
+EXPORT_METADATA = ("format", "version", "config")
+# Latent vectors drawn at a time when sampling: at most LATENT_CHUNK x latent_dim floats are held
+# (4096 x 512 floats: 8 MB). A multiple of 16, which keeps a chunked draw equal to one draw of all
+# (latent_batches says why).
+LATENT_CHUNK = 4096
 
 
 def latents(count: int, latent_dim: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """The same latent vectors for a seed on any device (drawn on the CPU, then moved)."""
     return torch.randn(count, latent_dim, generator=torch.Generator().manual_seed(seed)).to(device)
+
+
+def latent_batches(count: int, latent_dim: int, seed: int, batch_size: int, device: torch.device | str = "cpu", *,
+                   chunk: int | None = None) -> Iterator[torch.Tensor]:
+    """The vectors of `latents(count, latent_dim, seed)`, in batches of `batch_size` (the last may be
+    smaller), drawn `chunk` at a time, so a count of millions never holds all its latents at once.
+
+    They are the very numbers of one draw of all `count`: PyTorch's CPU normal sampler fills a
+    tensor with uniform numbers in order, then turns each 16 of them into normals (the last 16
+    drawn afresh when the size is no multiple of 16), so draws of whole multiples of 16 numbers
+    continue one stream; a tail of fewer than 16 numbers joins the draw before it. A seed's images
+    for a count are therefore those of one draw, at any batch size or chunk, as before chunks
+    (tests/test_bad_input_runs.py checks this against one draw, so a PyTorch that draws otherwise
+    is noticed). As with one draw, the first n of a larger count need not equal a count of n.
+    """
+    chunk = chunk or LATENT_CHUNK
+    assert chunk > 0 and chunk % 16 == 0, f"chunk must be a positive multiple of 16, not {chunk}"
+    generator = torch.Generator().manual_seed(seed)
+    pending: list[torch.Tensor] = []
+    held = drawn = 0
+    while drawn < count:
+        rest = count - drawn
+        size = rest if rest <= chunk or (rest - chunk) * latent_dim < 16 else chunk
+        block = torch.randn(size, latent_dim, generator=generator)
+        drawn += size
+        while len(block):
+            pending.append(block[: batch_size - held])
+            held += len(pending[-1])
+            block = block[len(pending[-1]) :]
+            if held == batch_size:
+                yield torch.cat(pending).to(device)
+                pending, held = [], 0
+    if pending:
+        yield torch.cat(pending).to(device)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -68,14 +116,14 @@ def generate(generator: nn.Module, z: torch.Tensor, batch_size: int = 256, preci
 def sampler(generator: nn.Module, latent_dim: int, *, batch_size: int = 500, precision: Precision | None = None) -> SampleFn:
     """The sampling function of a generator: `(count, seed)` -> batches of at most `batch_size` uint8 images.
 
-    Latents are drawn for all `count` at once (so a seed means the same images at any batch size);
-    images are made a batch at a time, which bounds memory, not speed.
+    Latents come from `latent_batches` (so a seed and count mean the same images at any batch
+    size) and images are made a batch at a time: memory is bounded by the batch, not the count.
     """
     device = next(generator.parameters()).device
 
     def sample(count: int, seed: int) -> Iterator[np.ndarray]:
-        z = latents(count, latent_dim, seed, device)
-        return (generate(generator, chunk, precision=precision) for chunk in z.split(batch_size))
+        return (generate(generator, z, batch_size, precision=precision)
+                for z in latent_batches(count, latent_dim, seed, batch_size, device))
 
     return sample
 
@@ -121,40 +169,128 @@ def checkpoint_config(path: Path, checkpoint: dict) -> TrainConfig:
     return config
 
 
-def build_generator(config: TrainConfig, weights: dict[str, torch.Tensor], source: Path) -> nn.Module:
-    """The configuration's G with `weights` loaded; one sentence if they do not fit."""
+def build_generator(config: TrainConfig, weights: Mapping[str, torch.Tensor], source: Path) -> nn.Module:
+    """The configuration's G holding `weights`; one sentence if they do not fit it or are not finite.
+
+    G is built on the meta device and the checked weights are put in its place, so neither a
+    configuration nor a file can make it allocate more than the weights themselves hold.
+    """
+    generator = expected_generator(config, source)
+    expected = generator.state_dict()
+    if not all(isinstance(tensor, torch.Tensor) for tensor in weights.values()):
+        raise FaceganError(f"the weights in {source} do not fit a {config.model} generator of its own configuration "
+                           "(some are not tensors).")
+    check_shapes({name: tuple(tensor.shape) for name, tensor in weights.items()}, expected, config, source)
+    check_finite(weights, source)
+    generator.load_state_dict({name: weights[name].to(expected[name].dtype) for name in expected}, assign=True)
+    return generator
+
+
+class _Unfilled(TorchFunctionMode):
+    """Leaves out weight initialisation: on the meta device there is nothing to fill, and PyTorch's
+    meta `normal_` costs seconds on first use (it imports its compiler)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__module__", None) == "torch.nn.init" or func in (torch.Tensor.normal_, torch.Tensor.uniform_):
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
+
+
+def expected_generator(config: TrainConfig, source: Path) -> nn.Module:
+    """The configuration's G on the meta device: its weights' names, shapes and types, with nothing allocated."""
     if config.resolution is None:
         raise FaceganError(f"{source} holds a configuration without a resolution; it was not written by a training run.")
-    generator, _ = build_models(config.model, config.latent_dim, config.g_width, config.d_width, config.resolution)
     try:
-        generator.load_state_dict(weights)
-    except (RuntimeError, KeyError, TypeError) as error:
-        raise FaceganError(f"the weights in {source} do not fit a {config.model} generator of its own configuration "
+        # D is not wanted: the smallest one the family builds (G does not depend on D's settings).
+        with torch.device("meta"), _Unfilled():
+            generator, _ = build_models(config.model, config.latent_dim, config.g_width, 1, config.resolution,
+                                        d_norm=None, spectral_norm=False)
+    except (RuntimeError, ValueError, OverflowError) as error:  # e.g. a size past what a tensor can count
+        raise FaceganError(f"{source} describes a {config.model} generator that cannot be built "
                            f"({str(error).strip().splitlines()[0][:160]}).") from None
     return generator
 
 
+def check_shapes(shapes: Mapping[str, tuple[int, ...]], expected: Mapping[str, torch.Tensor], config: TrainConfig,
+                 source: Path) -> None:
+    """One sentence unless the weights' names and shapes are exactly those of the configuration's G."""
+    missing = [name for name in expected if name not in shapes]
+    unexpected = [name for name in shapes if name not in expected]
+    wrong = [f"{name} is {list(shapes[name])}, not {list(expected[name].shape)}"
+             for name in expected if name in shapes and tuple(shapes[name]) != tuple(expected[name].shape)]
+    problems = ([f"it lacks {_few(missing)}"] if missing else []) + ([f"it holds no such {_few(unexpected)}"] if unexpected else [])
+    if problems or wrong:
+        described = f"latent {config.latent_dim}, g-width {config.g_width}, {config.resolution}px"
+        raise FaceganError(f"the weights in {source} do not fit a {config.model} generator of its own configuration "
+                           f"({described}): {'; '.join(problems + wrong[:3])}.")
+
+
+def check_finite(weights: Mapping[str, torch.Tensor], source: Path) -> None:
+    """One sentence if a weight holds NaN or infinity (such a G makes black or meaningless images)."""
+    bad = nonfinite_tensor(dict(weights))
+    if bad is not None:
+        raise FaceganError(f"{source} holds weights that are not finite numbers ({bad} has NaN or infinity), so it "
+                           "would make only black or meaningless images; use a checkpoint from before the run went "
+                           "wrong, or export it again.")
+
+
+def _few(names: list[str], shown: int = 3) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
 def read_exported(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], TrainConfig]:
-    """The weights and configuration of a file written by `facegan export`; no code runs."""
+    """The weights and configuration of a file written by `facegan export`; no code runs.
+
+    Its format, version and configuration must be there, with every setting (none takes a
+    default); the configuration is validated as a run's is, and the tensors' names and shapes are
+    checked against the generator it describes before any tensor is read. Weights that are not
+    finite are refused.
+    """
     path = Path(path)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as file:
             metadata = file.metadata() or {}
-            tensors = {name: file.get_tensor(name) for name in file.keys()}  # noqa: SIM118 - a safe_open handle, not a dict
+            config = _exported_config(path, metadata)
+            expected = expected_generator(config, path).state_dict()
+            names = list(file.keys())  # a safe_open handle, not a dict
+            check_shapes({name: tuple(file.get_slice(name).get_shape()) for name in names}, expected, config, path)
+            tensors = {name: file.get_tensor(name) for name in names}
     except FileNotFoundError:
         raise FaceganError(f"{path} does not exist; give a file written by `facegan export`.") from None
     except (SafetensorError, OSError, ValueError) as error:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
         raise FaceganError(f"{path} is damaged or not a safetensors file ({first}).") from None
+    check_finite(tensors, path)
+    return tensors, config
+
+
+def _exported_config(path: Path, metadata: dict[str, str]) -> TrainConfig:
+    """The validated configuration in an exported file's metadata; one sentence for anything missing or wrong."""
     if metadata.get("format") != EXPORT_FORMAT:
         raise FaceganError(f"{path} is not a facegan generator (its metadata names no facegan format); "
                            "make one with `facegan export RUN --out FILE`.")
     if metadata.get("version") != str(EXPORT_VERSION):
         raise FaceganError(f"{path} is a generator of format {metadata.get('version')}; this facegan reads format "
                            f"{EXPORT_VERSION}: use the facegan version that wrote it.")
+    missing = [key for key in EXPORT_METADATA if key not in metadata]
+    if missing:
+        raise FaceganError(f"{path} lacks the metadata {_few(missing)} that `facegan export` writes; export it again.")
     try:
-        config = TrainConfig.from_dict(json.loads(metadata["config"]))
-        validate(config)
-    except (KeyError, ValueError, TypeError, AttributeError) as error:
+        values = json.loads(metadata["config"])
+    except ValueError as error:
+        raise FaceganError(f"{path} holds a damaged configuration (not JSON: {error}); export it again.") from None
+    if not isinstance(values, dict):
+        raise FaceganError(f"{path} holds a damaged configuration (a JSON {type(values).__name__}, not an object); "
+                           "export it again.")
+    absent = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in values]
+    if absent:  # never a default: a missing width or size would quietly build another generator
+        raise FaceganError(f"{path} holds a configuration without {_few(absent)}; export it again.")
+    try:
+        config = TrainConfig.from_dict(values)
+        validate(config)  # exactly as a run's configuration is checked
+    except FaceganError as error:
+        raise FaceganError(f"{path} holds a damaged configuration ({str(error).rstrip('.')}); export it again.") from None
+    except (ValueError, TypeError, AttributeError) as error:
         raise FaceganError(f"{path} holds a damaged configuration ({error}); export it again.") from None
-    return tensors, config
+    return config

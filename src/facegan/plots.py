@@ -13,7 +13,8 @@ import json
 import math
 import numbers
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, StrMethodFormatter
 from PIL import Image, ImageDraw, ImageFont
 
+from facegan.errors import FaceganWarning
 from facegan.files import write_atomically
 from facegan.viz import make_grid, save_png
 
@@ -54,25 +56,72 @@ X_LABELS = {"kimg": "thousands of images shown (kimg)", "epoch": "epoch", "step"
 # ------------------------------------------------------------------ reading
 
 
+DAMAGED_SUFFIX = ".damaged"  # stats.jsonl.damaged: lines set aside from stats.jsonl, as they were
+
+
+def read_records(path: str | os.PathLike, valid: Callable[[dict], bool] | None = None
+                 ) -> tuple[list[dict], list[tuple[int, bytes]]]:
+    """The records of a JSON-lines file, in order, and its damaged lines: (line number, bytes as they were).
+
+    A line that is not a JSON object (or that `valid` refuses) is damaged, the last one too: a
+    process killed mid-append leaves half of one. Blank lines are neither.
+    """
+    records, damaged, _ = _parse(Path(path), valid)
+    return records, damaged
+
+
 def read_stats(path: str | os.PathLike) -> list[dict]:
-    """Records of a stats.jsonl file, in order."""
-    path = Path(path)
-    # Bytes, not text: a process killed mid-write can leave half a UTF-8 character at the end,
-    # which must only cost the last line, not fail decoding the whole file.
-    lines = path.read_bytes().split(b"\n")
-    numbered = [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
+    """Records of a stats.jsonl file, in order; a ValueError names a damaged line, but for the last.
+
+    The last line may be the one being appended right now, or cut short by a kill: it is left out.
+    (Writers that must go on despite damage use `read_records` and `set_aside_damaged`.)
+    """
+    records, damaged, last = _parse(Path(path), None)
+    middle = [number for number, _ in damaged if number != last]
+    if middle:
+        raise ValueError(f"{path}: line {middle[0]} is not a JSON object")
+    return records
+
+
+def _parse(path: Path, valid: Callable[[dict], bool] | None) -> tuple[list[dict], list[tuple[int, bytes]], int]:
+    """Records, damaged lines and the number of the last non-blank line."""
+    # Bytes, not text: half a UTF-8 character, or random bytes, must cost only their own line.
     records: list[dict] = []
-    for position, (number, line) in enumerate(numbered):
+    damaged: list[tuple[int, bytes]] = []
+    last = 0
+    for number, line in enumerate(path.read_bytes().split(b"\n"), 1):
+        if not line.strip():
+            continue
+        last = number
         try:
             record = json.loads(line.decode("utf-8"))
-            if not isinstance(record, dict):
-                raise ValueError(f"a JSON {type(record).__name__}, not an object")  # noqa: TRY004 (caught below with the JSON errors)
-        except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            if position == len(numbered) - 1:
-                break  # the line being appended right now, or cut short by a kill
-            raise ValueError(f"{path}: line {number} is not a JSON object: {error}") from None
-        records.append(record)
-    return records
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            record = None
+        if isinstance(record, dict) and (valid is None or valid(record)):
+            records.append(record)
+        else:
+            damaged.append((number, line))
+    return records, damaged, last
+
+
+def set_aside_damaged(path: str | os.PathLike, damaged: Sequence[tuple[int, bytes]], kept: int) -> Path:
+    """Append damaged lines, as they were, to PATH.damaged, and warn once naming them; return that file.
+
+    The one way a damaged JSON-lines file is repaired: its writer then rewrites it with the `kept`
+    intact records, so nothing that was in it is lost.
+    """
+    path = Path(path)
+    aside = path.with_name(path.name + DAMAGED_SUFFIX)
+    with open(aside, "ab") as stream:
+        stream.write(b"".join(line + b"\n" for _, line in damaged))
+        stream.flush()
+        os.fsync(stream.fileno())  # on disk before the lines leave the original
+    numbers = [str(number) for number, _ in damaged]
+    shown = ", ".join(numbers[:5]) + (f" and {len(numbers) - 5} more" if len(numbers) > 5 else "")
+    warnings.warn(f"{path} had {len(damaged)} damaged line{'s' if len(damaged) != 1 else ''} (line {shown}), "
+                  f"not records it can be read as; they are set aside in {aside} as they were, and its {kept:,} "
+                  f"intact record{'s' if kept != 1 else ''} kept.", FaceganWarning, stacklevel=2)
+    return aside
 
 
 # ------------------------------------------------------------------ writing

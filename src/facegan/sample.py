@@ -1,7 +1,12 @@
-"""Generate images from a trained run: a grid for people, or a folder of PNGs for metrics."""
+"""Generate images from a trained run: a grid for people, or a folder of PNGs for metrics.
+
+A folder is written a batch at a time, latents and images alike, so `-n` is bounded by the disk,
+not by memory. A grid is one picture held whole: at most `MAX_GRID_IMAGES` images.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -11,10 +16,14 @@ from tqdm import tqdm
 from facegan import viz
 from facegan.errors import FaceganError
 from facegan.files import reporting_disk_errors
-from facegan.generation import generate, latents, load_generator
+from facegan.generation import generate, latent_batches, load_generator
 from facegan.paths import output_dir, output_file
 from facegan.precision import resolve_precision
-from facegan.runtime import resolve_device
+from facegan.runtime import out_of_memory_as_error, resolve_device
+
+# A grid of 32 x 32 faces is already more than an eye can compare (2,114 px a side at 64 px);
+# beyond this a grid is no picture but a memory bill. Raise it here if you need larger sheets.
+MAX_GRID_IMAGES = 1024
 
 
 def sample(
@@ -26,6 +35,10 @@ def sample(
         raise FaceganError(f"-n must be a positive number of images, not {count}.")
     out = Path(out)
     if out.suffix.lower() == ".png":
+        if count > MAX_GRID_IMAGES:
+            raise FaceganError(f"a grid holds at most {MAX_GRID_IMAGES:,} images, not {count:,} "
+                               f"(facegan.sample.MAX_GRID_IMAGES); give a folder as --out, such as "
+                               f"{out.with_suffix('')}, for one PNG per image.")
         out = output_file(out, "--out")
         images = sample_array(source, count, seed=seed, device=device, batch_size=batch_size, precision=precision)
         return _save_png(viz.make_grid(images, nrow=min(count, max(1, round(math.sqrt(count))))), out)
@@ -35,14 +48,15 @@ def sample(
     torch_device = resolve_device(device)
     generator, config = load_generator(source, torch_device)
     _make_dir(out)
-    z = latents(count, config.latent_dim, seed, torch_device)
     fast = resolve_precision(precision, torch_device)
     width = max(6, len(str(count - 1)))
     index = 0
-    for chunk in tqdm(z.split(batch_size), desc="sample", unit="batch", disable=not progress):
-        for image in generate(generator, chunk, batch_size, fast):
-            _save_png(image, out / f"{index:0{width}d}.png")
-            index += 1
+    batches = latent_batches(count, config.latent_dim, seed, batch_size, torch_device)
+    with _out_of_memory(batch_size):
+        for z in tqdm(batches, total=math.ceil(count / batch_size), desc="sample", unit="batch", disable=not progress):
+            for image in generate(generator, z, batch_size, fast):
+                _save_png(image, out / f"{index:0{width}d}.png")
+                index += 1
     return out
 
 
@@ -55,7 +69,14 @@ def sample_array(source: str | Path, count: int, *, seed: int = 0, device: str =
     torch_device = resolve_device(device)
     generator, config = load_generator(source, torch_device)
     fast = resolve_precision(precision, torch_device)
-    return generate(generator, latents(count, config.latent_dim, seed, torch_device), batch_size, fast)
+    with _out_of_memory(batch_size):
+        return np.concatenate([generate(generator, z, batch_size, fast)
+                               for z in latent_batches(count, config.latent_dim, seed, batch_size, torch_device)])
+
+
+def _out_of_memory(batch_size: int) -> contextlib.AbstractContextManager[None]:
+    return out_of_memory_as_error(f"generating {batch_size} images at once",
+                                  f"lower --batch-size (say to {max(1, batch_size // 4)})")
 
 
 @reporting_disk_errors("the images", then="then sample again")

@@ -18,6 +18,7 @@ values; `append_metrics(run_dir, record)` writes them and redraws the plot.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -39,7 +40,7 @@ from facegan.generation import SampleFn, load_generator, sampler
 from facegan.metrics import fid as fid_math
 from facegan.metrics.inception import RESIZE_MODE, Inception, features, load_inception
 from facegan.metrics.names import VALUE_KEY, Metric, as_metrics
-from facegan.runtime import cache_dir, resolve_device
+from facegan.runtime import cache_dir, out_of_memory_as_error, resolve_device
 from facegan.train.checkpoint import (
     NOT_A_RUN,
     checkpoints_newest_first,
@@ -48,6 +49,9 @@ from facegan.train.checkpoint import (
 )
 
 FID_MIN_SAMPLES = 2048  # below the feature dimension the covariance is singular and FID strongly biased
+# The fewest images each kind of metric can be computed from at all (a covariance needs 2; precision
+# and recall need more than their k nearest neighbours).
+MIN_IMAGES = {"fid": 2, "kid": 2, "pr": fid_math.PR_NEIGHBOURS + 1}
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = Path("plots") / "metrics.png"
 DEFAULT_METRICS = ("fid10k",)
@@ -172,6 +176,23 @@ def compute_metrics(metrics: Sequence[Metric], real: dict[int, np.ndarray], fake
     return values
 
 
+def require_images(where: str, count: int, metrics: Sequence[Metric]) -> None:
+    """One sentence, before any network runs, when `count` images are too few for a metric at all."""
+    need = max(MIN_IMAGES[m.kind] for m in metrics)
+    if count < need:
+        names = ", ".join(m.name for m in metrics if MIN_IMAGES[m.kind] == need)
+        raise FaceganError(f"{where} holds {count} image{'s' if count != 1 else ''}, too few for {names}, which needs "
+                           f"at least {need} (and thousands to mean much); give a larger dataset.")
+
+
+def out_of_memory(batch_size: int | None) -> contextlib.AbstractContextManager[None]:
+    """The GPU's out-of-memory error as one sentence naming --batch-size (the Inception network's images at once)."""
+    size = f"{batch_size} images" if batch_size else "its default batch of images"
+    lower = max(1, (batch_size or 200) // 4)
+    return out_of_memory_as_error(f"running the Inception network on {size} at once",
+                                  f"lower --batch-size (say to {lower})")
+
+
 def as_network(network: Inception | str | os.PathLike | None, device: torch.device, progress: bool) -> Inception:
     """A loaded network as it is, or the one a path (None: the standard one) names, loaded on `device`."""
     if isinstance(network, Inception):
@@ -198,6 +219,7 @@ def evaluate(
     """
     metrics = as_metrics(metrics)
     dataset = dataset if isinstance(dataset, PreparedDataset) else open_prepared(dataset)
+    require_images(str(dataset.path), len(dataset), metrics)
     inception = as_network(network, resolve_device(device), progress)
     real = {}
     for count in sorted({m.count for m in metrics}):
@@ -247,8 +269,8 @@ def _describe(path: Path, run_dir: Path | None) -> dict:
     batch = (checkpoint.get("config") or {}).get("batch_size")
     kimg = step * batch / 1000 if isinstance(step, int) and isinstance(batch, int) else None
     stats = run_dir / "stats.jsonl" if run_dir is not None else None
-    if stats is not None and stats.exists():  # counts every rank's images in multi-GPU runs
-        kimg = next((r["kimg"] for r in plots.read_stats(stats) if r.get("step") == step and "kimg" in r), kimg)
+    if stats is not None and stats.exists():  # counts every rank's images in multi-GPU runs; damaged lines left out
+        kimg = next((r["kimg"] for r in plots.read_records(stats)[0] if r.get("step") == step and "kimg" in r), kimg)
     return {"step": step, "epoch": epoch, "kimg": kimg}
 
 
@@ -283,8 +305,9 @@ def evaluate_run(
         if data.resolution != config.resolution:
             warn(f"the generator makes {config.resolution}px images and {data.path} holds {data.resolution}px ones; "
                  "both are resized to 299px, but the comparison is unusual.")
-        values = evaluate(sampler(generator, config.latent_dim), data, parsed, device=torch_device, seed=seed,
-                          network=inception, batch_size=batch_size, progress=progress)
+        with out_of_memory(batch_size):
+            values = evaluate(sampler(generator, config.latent_dim), data, parsed, device=torch_device, seed=seed,
+                              network=inception, batch_size=batch_size, progress=progress)
         record = {**described, **values, "checkpoint": str(path), "dataset": str(data.path),
                   "real_images": {m.name: min(m.count, len(data)) for m in parsed}, "seed": seed,
                   "network": inception.sha256, "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
@@ -294,14 +317,47 @@ def evaluate_run(
     return records
 
 
+def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    """The intact records of run_dir/metrics.jsonl ([] when there is none), in order.
+
+    Damaged lines are moved, as they were, to metrics.jsonl.damaged with a warning, and the file is
+    rewritten with the intact records, so the next record appended to it is never lost.
+    """
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    records, damaged = plots.read_records(path)
+    if damaged:
+        plots.set_aside_damaged(path, damaged, len(records))
+        text = "".join(json.dumps(r) + "\n" for r in records)
+        write_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+    return records
+
+
 def append_metrics(run_dir: str | os.PathLike, record: dict) -> Path:
-    """Append one record to run_dir/metrics.jsonl and redraw run_dir/plots/metrics.png from the whole file."""
+    """Append one record to run_dir/metrics.jsonl and redraw run_dir/plots/metrics.png from the whole file.
+
+    Damaged lines already there are set aside first (read_metrics); a plot that cannot be drawn
+    is a warning, since the record, what was measured, is already safe.
+    """
     run_dir = Path(run_dir)
     path = run_dir / METRICS_FILE
+    records = [*read_metrics(run_dir), record]
+    # A last line without its newline (a hand edit) must not swallow the new record.
+    cut = path.exists() and path.stat().st_size > 0 and _last_byte(path) != b"\n"
     with open(path, "a", encoding="utf-8") as stream:
-        stream.write(json.dumps(record) + "\n")
-    plot_metrics(plots.read_stats(path), run_dir / PLOT_FILE)
+        stream.write(("\n" if cut else "") + json.dumps(record) + "\n")
+    try:
+        plot_metrics(records, run_dir / PLOT_FILE)
+    except ValueError as error:  # e.g. a hand-edited value that is not a number
+        warn(f"could not redraw {run_dir / PLOT_FILE} from {path} ({error}); the new record is kept.")
     return path
+
+
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as stream:
+        stream.seek(-1, os.SEEK_END)
+        return stream.read(1)
 
 
 def metric_keys(records: Iterable[dict]) -> list[str]:

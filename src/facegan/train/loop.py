@@ -28,9 +28,9 @@ from facegan.data.builtin import open_data
 from facegan.errors import FaceganError, Interrupted
 from facegan.files import reporting_disk_errors
 from facegan.generation import generate, sampler
-from facegan.metrics.evaluate import append_metrics, evaluate
+from facegan.metrics.evaluate import append_metrics, evaluate, read_metrics
 from facegan.metrics.names import parse_metrics
-from facegan.runtime import resolve_device
+from facegan.runtime import out_of_memory_as_error, resolve_device
 from facegan.train.batches import BatchSource, to_model_input
 from facegan.train.checkpoint import (
     LATEST,
@@ -52,6 +52,7 @@ from facegan.train.rundir import (
     require_run_dir,
     start_run_dir,
     truncate_stats,
+    warn_if_finished,
 )
 from facegan.train.schedule import lr_factor, set_lr
 from facegan.train.state import TrainState, build_state, restore_state
@@ -69,13 +70,9 @@ AbortFn = Callable[[TrainState], bool]
 def train(config: TrainConfig, *, resume: Path | None = None, progress: bool = True, rank: int | None = None,
           world_size: int | None = None, progress_fn: ProgressFn | None = None,
           abort_fn: AbortFn | None = None) -> Path | None:
-    """Train (or resume) a run; return its directory (None on ranks other than 0).
-
-    `rank` and `world_size` default to torchrun's RANK and WORLD_SIZE. One process trains a run
-    directory at a time (a lock). SIGTERM and SIGINT stop at the next step boundary, after writing
-    latest.pt, by raising Interrupted. A NaN or infinite loss or weight rolls the run back to its
-    last good checkpoint with lower learning rates.
-    """
+    """Train (or resume) a run; return its directory (None on ranks other than 0, whose `rank` and
+    `world_size` default to torchrun's). One process trains a run at a time (a lock); SIGTERM and SIGINT
+    stop at the next step, after writing latest.pt (Interrupted); a NaN rolls back to the last good checkpoint."""
     rank = int(os.environ.get("RANK", "0")) if rank is None else rank
     world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
     with contextlib.ExitStack() as held:  # the run's lock and signal handlers, released however training ends
@@ -90,6 +87,11 @@ def train(config: TrainConfig, *, resume: Path | None = None, progress: bool = T
         while state.epoch < config.epochs:
             # Fetch the next batch, in the epoch's own order from where the state stands (a new
             # epoch, a resume mid-epoch, a rollback).
+            if batches is None and state.batch_in_epoch == steps_per_epoch:
+                # Resumed at an epoch's last batch, whose epoch-end save a kill prevented: close that epoch first.
+                if diverged := _finish_epoch(state, config, run, guard):
+                    run.roll_back(config, guard, diverged)
+                continue
             if batches is None:
                 batches = source.epoch(config.batch_size, seed=config.seed, epoch=state.epoch, rank=rank,
                                        world_size=world_size, skip=state.batch_in_epoch)
@@ -172,6 +174,10 @@ def _resume_or_start(config: TrainConfig, resume: Path | None, is_main: bool, pr
     """The state of a resumed run (its newest intact checkpoint) or of a new one (a new run directory on rank 0)."""
     validate(config)
     device = resolve_device(config.device)
+    held.enter_context(out_of_memory_as_error(  # CUDA's error as one sentence naming what to lower
+        f"training at --batch-size {config.batch_size} (g-width {config.g_width}, d-width {config.d_width})",
+        f"the run's last checkpoint is intact, but a run's batch size is fixed at its start, so start a new run "
+        f"with a lower --batch-size, such as {max(1, config.batch_size // 2)}, or lower --g-width and --d-width"))
     checkpoint, run_dir, last_good = None, None, None
     if resume is not None:
         run_dir = Path(resume)
@@ -182,6 +188,8 @@ def _resume_or_start(config: TrainConfig, resume: Path | None, is_main: bool, pr
     elif config.data is not None:
         config.data = str(Path(config.data).expanduser().resolve())  # config.json must work from anywhere
     dataset = _training_data(config, progress and is_main, world_size)
+    if checkpoint is not None and is_main:
+        warn_if_finished(run_dir, checkpoint, config)  # after every other check, so it never precedes an error
     state = build_state(config, dataset.resolution, device)
     if checkpoint is not None:
         try:
@@ -367,11 +375,14 @@ def _evaluate_epoch(run_dir: Path, config: TrainConfig, state: TrainState, datas
     """Measure the sampling G against the training data; keep the checkpoint best on the first metric as best.pt."""
     metrics = parse_metrics(config.evaluate)
     generator = state.sampling_generator
-    values = evaluate(sampler(generator, config.latent_dim), dataset, metrics,
-                      device=next(generator.parameters()).device, seed=config.seed)
+    with out_of_memory_as_error(f"measuring {config.evaluate} after epoch {state.epoch}",
+                                f"the epoch's checkpoint is saved; resume with --eval-every 0 and measure afterwards "
+                                f"with `facegan evaluate {run_dir} --metrics {config.evaluate} --batch-size 50`"):
+        values = evaluate(sampler(generator, config.latent_dim), dataset, metrics,
+                          device=next(generator.parameters()).device, seed=config.seed)
     first = metrics[0]
     primary, sign = first.value_keys()[0], (-1 if first.higher_is_better else 1)
-    history = [r for r in plots.read_stats(run_dir / "metrics.jsonl") if primary in r] if (run_dir / "metrics.jsonl").exists() else []
+    history = [r for r in read_metrics(run_dir) if primary in r]  # damaged lines set aside, with a warning
     best = min((r[primary] * sign for r in history), default=math.inf)
     kept = checkpoint_dir(run_dir) / epoch_checkpoint_name(state.epoch)
     record = {"step": state.step, "epoch": state.epoch, "kimg": state.d_updates * config.batch_size / 1000, **values,

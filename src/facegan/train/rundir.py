@@ -9,6 +9,8 @@ those that would change what fixed the run's models and data.
 from __future__ import annotations
 
 import json
+import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ import torch
 from facegan import plots, viz
 from facegan.config import TrainConfig, changed_on_resume, validate
 from facegan.data import PreparedDataset
-from facegan.errors import FaceganError
+from facegan.errors import FaceganError, FaceganWarning
 from facegan.files import reporting_disk_errors, write_atomically
 from facegan.paths import output_dir
 from facegan.train.checkpoint import newest_good_checkpoint
@@ -87,7 +89,37 @@ def checkpoint_to_resume(run_dir: Path, config: TrainConfig) -> tuple[Path, dict
             f"cannot resume {run_dir} with a different {', '.join(changed)}: these fix the models and data "
             "of a run; start a new run instead."
         )
+    _require_epochs_left(run_dir, path, checkpoint, config)
     return path, checkpoint
+
+
+def _require_epochs_left(run_dir: Path, path: Path, checkpoint: dict, config: TrainConfig) -> None:
+    """Refuse a total of epochs the run has already passed: it would train nothing and say "done"."""
+    epoch, batch = checkpoint["epoch"], checkpoint["batch_in_epoch"]
+    if not isinstance(epoch, int) or not isinstance(batch, int):
+        raise FaceganError(f"{path} is not a complete facegan checkpoint (its epoch is {epoch!r}, batch {batch!r}).")
+    if epoch > config.epochs or (epoch == config.epochs and batch > 0):
+        where = f"epoch {epoch}" + (f" and {batch} batches into epoch {epoch + 1}" if batch else "")
+        raise FaceganError(f"{run_dir} is already at {where} ({path.name}), past --epochs {config.epochs}, so nothing "
+                           f"would be trained; --epochs is the run's total from its start, so {_more(run_dir, epoch)}.")
+
+
+def warn_if_finished(run_dir: Path, checkpoint: dict, config: TrainConfig) -> bool:
+    """Warn, and return True, when a resumed run has already trained exactly its --epochs: there is nothing to train.
+
+    Called once everything else about the resume has been checked, so the warning never precedes an error.
+    """
+    epoch = checkpoint["epoch"]
+    if epoch != config.epochs or checkpoint["batch_in_epoch"]:
+        return False
+    warnings.warn(f"{run_dir} has already trained its {epoch} epoch{'s' if epoch != 1 else ''} (--epochs "
+                  f"{config.epochs}), so there is nothing to train; --epochs is the run's total from its start, "
+                  f"so {_more(run_dir, epoch)}.", FaceganWarning, stacklevel=2)
+    return True
+
+
+def _more(run_dir: Path, epoch: int) -> str:
+    return f"`facegan train --resume {run_dir} --epochs {epoch + 10}` trains 10 more"
 
 
 @reporting_disk_errors(STATS)
@@ -99,9 +131,24 @@ def append_stats(path: Path, record: dict) -> None:
 
 @reporting_disk_errors(STATS)
 def truncate_stats(path: Path, step: int) -> None:
-    """Keep only the records up to `step`, so a resumed run's log has no duplicated steps."""
+    """Keep only the records up to `step`, so a resumed run's log has no duplicated steps.
+
+    Damaged lines (not JSON records, or a step that is not a number) are set aside in
+    stats.jsonl.damaged with a warning, never lost and never fatal: the run resumes with the rest.
+    """
     if not path.exists():
         return
-    kept = [r for r in plots.read_stats(path) if r.get("step", 0) <= step]
+    records, damaged = plots.read_records(path, valid=lambda record: _step_of(record) is not None)
+    if damaged:
+        plots.set_aside_damaged(path, damaged, len(records))
+    kept = [r for r in records if _step_of(r) <= step]
     text = "".join(json.dumps(r) + "\n" for r in kept)
     write_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+
+
+def _step_of(record: dict) -> float | None:
+    """A record's step (0 for events, which have none); None when it is there but not a finite number."""
+    value = record.get("step", 0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value if isinstance(value, int) or math.isfinite(value) else None
