@@ -89,7 +89,7 @@ def test_an_exported_file_samples_what_its_run_does(run, tmp_path):
 
 
 def test_what_is_not_a_generator_is_one_sentence(run, tmp_path):
-    with pytest.raises(FaceganError, match=r"does not exist; give a run directory \(runs/NNNNN-preset\) or a checkpoint file"):
+    with pytest.raises(FaceganError, match=r"does not exist; give a run directory \(runs/NNNNN-preset\), a checkpoint file or a \.safetensors file"):
         load_generator(tmp_path / "nothing", "cpu")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FaceganError, match=r"holds no checkpoint"):

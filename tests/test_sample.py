@@ -13,7 +13,8 @@ from PIL import Image
 from facegan.config import from_preset
 from facegan.data.prepare import prepare
 from facegan.errors import FaceganError, FaceganWarning
-from facegan.sample import latents, load_generator, sample, sample_array
+from facegan.generation import latents, load_generator
+from facegan.sample import sample, sample_array
 from facegan.train.checkpoint import load_checkpoint, save_checkpoint
 from facegan.train.loop import train
 
