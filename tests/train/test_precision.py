@@ -15,7 +15,7 @@ from facegan.data.prepare import prepare
 from facegan.errors import FaceganError
 from facegan.train.batches import BatchSource, to_model_input
 from facegan.train.loop import build_state, generate, train_step
-from facegan.train.precision import Precision, resolve_precision
+from facegan.train.precision import Precision, fast_bf16, resolve_precision
 
 CPU = torch.device("cpu")
 SMALL = {"batch_size": 32, "g_width": 16, "d_width": 16, "device": "cpu"}
@@ -35,6 +35,7 @@ def test_auto_picks_bf16_exactly_where_the_cpu_runs_it_natively(monkeypatch, avx
     # The CPU's capabilities, as torch reports them (raising=False: a torch without one of them is a CPU without it).
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    assert fast_bf16(CPU) is (avx512_bf16 or amx)
     auto = resolve_precision("auto", CPU)
     assert auto.name == picked and auto.device_type == "cpu"
     assert auto.dtype is (torch.bfloat16 if picked == "bf16" else None) and auto.scaler() is None
