@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
-import json
-import math
+import io
 import re
-import statistics
 import sys
 from pathlib import Path
 
@@ -17,6 +16,8 @@ from facegan.data.prepare import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = sorted((ROOT / "benchmarks" / "results").glob("recipes-*.json"))
+# The first line of each table --report prints: "celeba-89: 15 min of CPU training per run (...), ..."
+TABLE_HEADER = re.compile(r"^\S+: .+ training per run \(")
 
 
 @pytest.fixture(scope="module")
@@ -61,25 +62,59 @@ def test_a_results_file_continues_only_with_its_own_settings(recipes, tmp_path):
             recipes.load_results(tmp_path / "r.json", {"settings": dict(settings), "datasets": {}}, {**settings, key: value})
 
 
-@pytest.mark.parametrize("path", RESULTS, ids=[p.stem for p in RESULTS])
-def test_the_committed_results_print_the_tables_the_readme_quotes(recipes, path, capsys, monkeypatch):
-    results = json.loads(path.read_text())
-    monkeypatch.setattr(sys, "argv", ["recipes.py", "--report", "--results", str(path)])
-    recipes.main()
-    printed = capsys.readouterr().out
-    for entry in results["datasets"].values():
-        fid = recipes.metric_names(results["settings"]["samples"])[0]
-        for preset in entry["epochs"]:
-            rows = [r for r in entry["rows"] if r["preset"] == preset]
-            assert rows and all(math.isfinite(r[fid]) and not r["nan"] for r in rows)
-            line = re.search(rf"^{re.escape(preset)}\s+{len(rows)}\s+{entry['epochs'][preset]}\s+(\d+).*$", printed, re.MULTILINE)
-            assert line, f"no row for {preset} in\n{printed}"
-            assert int(line.group(1)) == rows[0]["steps"]  # the G steps column
-            mean = f"{statistics.mean(r[fid] for r in rows):.3f}"
-            assert mean in line.group(0)
-        if "dcgan" in entry["epochs"] and "facegan" in entry["epochs"]:
-            assert "facegan vs dcgan: " + fid in printed
-    budget = f"{results['settings']['same_epochs']} epochs" if results["settings"].get("same_epochs") else \
-        f"{results['settings']['minutes']:g} min"
-    assert f"{budget} of CPU training per run" in printed
+def _report(recipes, path: Path) -> str:
+    """What `benchmarks/recipes.py --report --results PATH` prints."""
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(io.StringIO()) as out:
+        patch.setattr(sys, "argv", ["recipes.py", "--report", "--results", str(path)])
+        recipes.main()
+    return out.getvalue()
 
+
+def _tables(text: str) -> dict[str, str]:
+    """The tables in a report (or a README block), by their first line, each as its lines with trailing blanks cut."""
+    lines = [line.rstrip() for line in text.splitlines()]
+    starts = [i for i, line in enumerate(lines) if TABLE_HEADER.match(line)]
+    return {lines[i]: "\n".join(lines[i:end]).strip() for i, end in zip(starts, starts[1:] + [len(lines)])}
+
+
+def _readme_recipes_tables() -> dict[str, str]:
+    """The tables in the fenced blocks of the README's section on benchmarks/recipes.py."""
+    sections: list[list[str]] = [[]]
+    fenced = False
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        elif line.startswith("#") and not fenced:
+            sections.append([])
+        sections[-1].append(line)
+    recipes_sections = [s for s in sections if any("`benchmarks/recipes.py`" in line for line in s)]
+    assert len(recipes_sections) == 1, "README.md should have one section that presents `benchmarks/recipes.py`"
+    blocks, block, fenced = [], [], False
+    for line in recipes_sections[0]:
+        if line.startswith("```"):
+            if fenced:
+                blocks.append("\n".join(block))
+            block, fenced = [], not fenced
+        elif fenced:
+            block.append(line)
+    quoted = {header: table for text in blocks for header, table in _tables(text).items()}
+    assert quoted, "README.md's recipes section quotes no table of `benchmarks/recipes.py --report`"
+    return quoted
+
+
+@pytest.fixture(scope="module")
+def reports(recipes) -> dict[Path, str]:
+    return {path: _report(recipes, path) for path in RESULTS}
+
+
+@pytest.mark.parametrize("path", RESULTS, ids=[p.stem for p in RESULTS])
+def test_the_committed_results_print_the_tables_the_readme_quotes(reports, path):
+    quoted = _readme_recipes_tables()
+    printed = _tables(reports[path])
+    assert printed, f"--report printed no table for {path.name}:\n{reports[path]}"
+    for header, table in printed.items():
+        assert header in quoted, f"README.md's recipes section quotes no table for {path.name}'s\n{header}"
+        assert table == quoted[header], f"README.md's table differs from what --report prints for {path.name}"
+    # ... and the README quotes no table that no committed results file prints (a stale or hand-edited one).
+    committed = {header for text in reports.values() for header in _tables(text)}
+    assert set(quoted) <= committed, f"README.md quotes tables no file in benchmarks/results/ prints: {set(quoted) - committed}"

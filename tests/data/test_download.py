@@ -23,7 +23,6 @@ from facegan.data import download as dl
 from facegan.data.download import RemoteFile, download_celeba, file_md5, resolve_mirror
 from facegan.errors import FaceganError
 
-SAMPLE = Path("/work/shared/data/celeba")
 ANNOTATIONS = ("list_attr_celeba.txt", "list_eval_partition.txt", "identity_CelebA.txt")
 N_IMAGES = 50
 ZIP = "img_align_celeba.zip"
@@ -33,32 +32,24 @@ ZIP = "img_align_celeba.zip"
 
 
 @pytest.fixture(scope="module")
-def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def sources(tmp_path_factory: pytest.TempPathFactory, celeba_dir: Path) -> dict[str, Path]:
     """Name -> file to serve: a zip of 50 sample images (official layout) and the annotations.
 
-    The annotation files are served straight from the sample (read-only, never copied into the
-    project). Without the sample, small stand-ins are made so the tests still run.
+    The sample is conftest's (FACEGAN_SHARED_DATA, else ../shared/data): without it these tests
+    skip with the path they looked in, as every test of the real data does, rather than serve
+    stand-ins. The annotation files are served straight from it (read-only, never copied).
     """
-    root = tmp_path_factory.mktemp("mirror")
-    zip_path = root / ZIP
+    images = sorted((celeba_dir / "img_align_celeba").glob("*.jpg"))[:N_IMAGES]
+    missing = [name for name in ANNOTATIONS if not (celeba_dir / name).is_file()]
+    if len(images) < N_IMAGES or missing:
+        pytest.fail(f"the CelebA sample at {celeba_dir} is incomplete: it has {len(images)} JPEGs (these tests "
+                    f"serve {N_IMAGES}) and lacks {', '.join(missing) or 'no annotation file'}")
+    zip_path = tmp_path_factory.mktemp("mirror") / ZIP
     with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("img_align_celeba/", b"")
-        if (SAMPLE / "img_align_celeba").is_dir():
-            images = sorted((SAMPLE / "img_align_celeba").glob("*.jpg"))[:N_IMAGES]
-            for image in images:
-                zf.write(image, f"img_align_celeba/{image.name}")
-        else:
-            for i in range(1, N_IMAGES + 1):
-                zf.writestr(f"img_align_celeba/{i:06d}.jpg", bytes([i % 256]) * 5000)
-    served = {ZIP: zip_path}
-    for name in ANNOTATIONS:
-        if (SAMPLE / name).is_file():
-            served[name] = SAMPLE / name
-        else:
-            stand_in = root / name
-            stand_in.write_text("".join(f"{i:06d}.jpg {i % 3}\n" for i in range(1, 2000)))
-            served[name] = stand_in
-    return served
+        for image in images:
+            zf.write(image, f"img_align_celeba/{image.name}")
+    return {ZIP: zip_path, **{name: celeba_dir / name for name in ANNOTATIONS}}
 
 
 def remote(sources: dict[str, Path], *names: str, with_size: bool = True) -> list[RemoteFile]:
@@ -405,12 +396,11 @@ def test_default_file_list_is_the_official_release():
     assert dl.DEFAULT_MIRROR.startswith("https://")
 
 
-@pytest.mark.skipif(not SAMPLE.is_dir(), reason="the CelebA sample is not on this machine")
-def test_sample_annotations_match_official_md5_and_size():
+def test_sample_annotations_match_official_md5_and_size(celeba_dir):
     for rf in dl.CELEBA_FILES:
-        if (SAMPLE / rf.name).is_file():
-            assert file_md5(SAMPLE / rf.name) == rf.md5
-            assert (SAMPLE / rf.name).stat().st_size == rf.size
+        if (celeba_dir / rf.name).is_file():
+            assert file_md5(celeba_dir / rf.name) == rf.md5
+            assert (celeba_dir / rf.name).stat().st_size == rf.size
 
 
 def test_not_enough_space_is_a_clear_error(tmp_path, monkeypatch):

@@ -34,12 +34,35 @@ def test_centre_box():
         centre_box(89, 109, 178)
 
 
+def smooth(width: int = 170, height: int = 150) -> np.ndarray:
+    """Ramps in red (left to right) and green (top to bottom), waves in blue: JPEG and WebP keep it within a
+    few grey levels, and a flip, a shifted crop or swapped channels move it by tens."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    blue = 127.5 + 100 * np.sin(x / 9) * np.cos(y / 13)
+    return np.stack([255 * x / (width - 1), 255 * y / (height - 1), blue], axis=-1).round().astype(np.uint8)
+
+
+def pillow_reference(pixels: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
+    """What Pillow alone makes of the same pixels: crop the square, resize it bilinearly."""
+    return np.asarray(Image.fromarray(pixels).crop(box).resize((size, size), Image.Resampling.BILINEAR))
+
+
 @pytest.mark.parametrize("format", ["PNG", "JPEG", "WEBP", "BMP"])
 @pytest.mark.parametrize("size", [32, 64, 128])
 def test_every_format_and_size(format, size):
-    data = encode(Image.fromarray(RNG.integers(0, 256, (150, 150, 3), dtype=np.uint8)), format)
+    original = smooth()  # 170x150: the centred square is columns 10..159
+    lossy = format in ("JPEG", "WEBP")
+    data = encode(Image.fromarray(original), format, **({"quality": 95} if lossy else {}))
     pixels, source = decode_image(data, DecodeOptions(size=size))
-    assert pixels.shape == (size, size, 3) and pixels.dtype == np.uint8 and source == (150, 150)
+    assert pixels.shape == (size, size, 3) and pixels.dtype == np.uint8 and source == (170, 150)
+    difference = np.abs(pixels.astype(int) - pillow_reference(original, (10, 0, 160, 150), size))
+    mean, largest = float(difference.mean()), int(difference.max())
+    # Lossless: equal but for the crop's edge (the decoder's resize may read the pixels beside the box).
+    # Lossy: compression, and at 32 px JPEG's reduced-size decoding (about 3 grey levels on average).
+    if lossy:
+        assert mean < 4.0
+    else:
+        assert mean < 0.1 and largest <= 2
 
 
 def test_non_square_images_are_centre_cropped():
@@ -90,6 +113,10 @@ def test_palette_images():
     palette = Image.fromarray(RNG.integers(0, 256, (40, 40, 3), dtype=np.uint8)).convert("P")
     pixels, _ = decode_image(encode(palette, "PNG"), DecodeOptions(size=16))
     assert pixels.shape == (16, 16, 3)
+    # The palette's colours, looked up by Pillow, then resized: the same pixels (PNG keeps the palette exactly).
+    expected = np.asarray(palette.convert("RGB").resize((16, 16), Image.Resampling.BILINEAR))
+    largest = int(np.abs(pixels.astype(int) - expected).max())
+    assert largest == 0
 
 
 @pytest.mark.parametrize(

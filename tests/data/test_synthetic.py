@@ -82,7 +82,7 @@ def test_sizes_show_the_same_face() -> None:
 
 
 def test_too_small_a_size_is_refused() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="size must be at least 16, got 8"):
         S.render(S.sample_params(0, np.arange(1)), 8)
 
 
@@ -166,12 +166,29 @@ def test_sensible_correlations(many_params) -> None:
     assert p.eyeglasses[~p.young].mean() > p.eyeglasses[p.young].mean()
 
 
+# Hand-built faces and the attributes each must report: (flags set, hair colour, attributes that hold).
+# Every flag not named is False; No_Beard holds wherever beard is not set.
+KNOWN_FACES = [
+    ((), S.BLACK, {"Black_Hair", "No_Beard"}),
+    (("male", "beard"), S.BROWN, {"Brown_Hair", "Male"}),
+    (("bangs", "young"), S.BLOND, {"Blond_Hair", "Bangs", "Young", "No_Beard"}),
+    (("eyeglasses", "smiling"), S.GRAY, {"Gray_Hair", "Eyeglasses", "Smiling", "No_Beard"}),
+    (("pale_skin", "lipstick", "wearing_hat"), S.OTHER, {"Pale_Skin", "Wearing_Lipstick", "Wearing_Hat", "No_Beard"}),
+    (("bald", "bangs", "male"), S.BLACK, {"Bald", "Male", "No_Beard"}),  # a bald head shows no hair colour, no bangs
+    (("bald", "male", "beard", "young"), S.BLOND, {"Bald", "Male", "Young"}),
+    (("bald", "male", "smiling"), S.BROWN, {"Bald", "Male", "Smiling", "No_Beard"}),
+    (("bald", "male"), S.GRAY, {"Bald", "Male", "No_Beard"}),
+]
+
+
 def test_attributes_follow_the_parameters() -> None:
-    p = S.sample_params(2, np.arange(300))
-    a = S.attributes(p)
-    np.testing.assert_array_equal(column(a, "Male"), p.male)
-    np.testing.assert_array_equal(column(a, "No_Beard"), ~p.beard)
-    np.testing.assert_array_equal(column(a, "Black_Hair"), (p.hair_color == S.BLACK) & ~p.bald)
+    base = S.sample_params(2, np.arange(len(KNOWN_FACES)))
+    flags = {field: np.array([field in flags_on for flags_on, _, _ in KNOWN_FACES]) for field in FLAG_FIELDS.values()}
+    params = dataclasses.replace(base, **flags, hair_color=np.array([hair for _, hair, _ in KNOWN_FACES]))
+    a = S.attributes(params)
+    for row, (flags_on, hair, expected) in enumerate(KNOWN_FACES):
+        reported = {name for name, value in zip(S.ATTRIBUTE_NAMES, a[row]) if value}
+        assert reported == expected, (flags_on, hair)
 
 
 # ------------------------------------------------------------------ what the pictures show

@@ -26,8 +26,19 @@ def data32(tmp_path_factory) -> Path:
     return prepare("synthetic", tmp_path_factory.mktemp("data") / "s32", count=80, size=32, progress=False)
 
 
-def test_auto_picks_bf16_exactly_where_the_cpu_runs_it_natively():
-    assert resolve_precision("auto", CPU).name == ("bf16" if fast_bf16(CPU) else "fp32")
+@pytest.mark.parametrize(
+    "avx512_bf16, amx, picked",
+    [(True, False, "bf16"), (False, True, "bf16"), (True, True, "bf16"), (False, False, "fp32")],
+    ids=["avx512-bf16", "amx", "both", "neither"],
+)
+def test_auto_picks_bf16_exactly_where_the_cpu_runs_it_natively(monkeypatch, avx512_bf16, amx, picked):
+    # The CPU's capabilities, as torch reports them (raising=False: a torch without one of them is a CPU without it).
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    assert fast_bf16(CPU) is (avx512_bf16 or amx)
+    auto = resolve_precision("auto", CPU)
+    assert auto.name == picked and auto.device_type == "cpu"
+    assert auto.dtype is (torch.bfloat16 if picked == "bf16" else None) and auto.scaler() is None
     assert resolve_precision("fp32", CPU).dtype is None
     assert resolve_precision("bf16", CPU).dtype is torch.bfloat16
     assert resolve_precision("fp16", CPU).scaler() is not None
