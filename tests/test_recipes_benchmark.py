@@ -34,7 +34,7 @@ def test_presets_are_timed_in_turns_each_for_its_own_cycles(recipes, tmp_path, m
     configs = {"dcgan": from_preset("dcgan", **tiny), "wgan-gp": from_preset("wgan-gp", **tiny)}  # 1 and 5 D steps
     drawn = []
 
-    def step(state, batch, config, update_g):
+    def step(state, batch, config, update_g, labels=None):
         drawn.append((config.preset, update_g))
 
     monkeypatch.setattr(recipes, "train_step", step)

@@ -13,9 +13,11 @@ from facegan.config import from_preset
 from facegan.data import open_prepared
 from facegan.data.prepare import prepare
 from facegan.errors import FaceganError
+from facegan.generation import generate
+from facegan.precision import Precision, fast_bf16, resolve_precision
 from facegan.train.batches import BatchSource, to_model_input
-from facegan.train.loop import build_state, generate, train_step
-from facegan.train.precision import Precision, fast_bf16, resolve_precision
+from facegan.train.state import build_state
+from facegan.train.step import train_step
 
 CPU = torch.device("cpu")
 SMALL = {"batch_size": 32, "g_width": 16, "d_width": 16, "device": "cpu"}
@@ -38,11 +40,12 @@ def test_auto_picks_bf16_exactly_where_the_cpu_runs_it_natively(monkeypatch, avx
     assert fast_bf16(CPU) is (avx512_bf16 or amx)
     auto = resolve_precision("auto", CPU)
     assert auto.name == picked and auto.device_type == "cpu"
-    assert auto.dtype is (torch.bfloat16 if picked == "bf16" else None) and auto.scaler() is None
+    assert auto.dtype is (torch.bfloat16 if picked == "bf16" else None) and not auto.scaler().is_enabled()
     assert resolve_precision("fp32", CPU).dtype is None
     assert resolve_precision("bf16", CPU).dtype is torch.bfloat16
-    assert resolve_precision("fp16", CPU).scaler() is not None
-    assert resolve_precision("bf16", CPU).scaler() is None
+    # one scaler in every format: active for float16 only, a pass-through otherwise
+    assert resolve_precision("fp16", CPU).scaler().is_enabled()
+    assert not resolve_precision("bf16", CPU).scaler().is_enabled() and not resolve_precision("fp32", CPU).scaler().is_enabled()
     with pytest.raises(FaceganError, match="precision must be one of"):
         resolve_precision("fp8", CPU)
     with pytest.raises(FaceganError, match="precision must be auto"):
@@ -70,7 +73,7 @@ def _plain_d_loss(reals: torch.Tensor) -> float:
 
 
 def test_bf16_step_computes_the_fp32_losses_within_bf16_tolerance(data32):
-    batch = next(BatchSource(open_prepared(data32), CPU).epoch(32, seed=0, epoch=0))
+    batch, _ = next(BatchSource(open_prepared(data32), CPU).epoch(32, seed=0, epoch=0))
     reals = to_model_input(batch)
     fp32, _ = _step_losses("fp32", reals)
     bf16, state = _step_losses("bf16", reals)
@@ -88,7 +91,7 @@ def test_bf16_step_computes_the_fp32_losses_within_bf16_tolerance(data32):
 
 def test_fast_path_computes_the_plain_loops_d_loss(data32):
     """facegan's channels_last, logits-based, foreach-Adam step equals the plain NCHW fp32 computation."""
-    reals = to_model_input(next(BatchSource(open_prepared(data32), CPU).epoch(32, seed=0, epoch=0)))
+    reals = to_model_input(next(BatchSource(open_prepared(data32), CPU).epoch(32, seed=0, epoch=0))[0])
     fp32, _ = _step_losses("fp32", reals)
     plain_d = _plain_d_loss(reals)
     assert fp32["loss_d"].item() == pytest.approx(plain_d, rel=1e-5)
@@ -97,23 +100,25 @@ def test_fast_path_computes_the_plain_loops_d_loss(data32):
 
 
 def test_fp16_trains_through_the_gradient_scaler(data32):
-    reals = to_model_input(next(BatchSource(open_prepared(data32), CPU).epoch(32, seed=0, epoch=0)))
+    reals = to_model_input(next(BatchSource(open_prepared(data32), CPU).epoch(32, seed=0, epoch=0))[0])
     out, state = _step_losses("fp16", reals)
-    assert state.scaler is not None and torch.isfinite(out["loss_d"]) and torch.isfinite(out["loss_g"])
+    assert state.scaler.is_enabled() and torch.isfinite(out["loss_d"]) and torch.isfinite(out["loss_g"])
     assert "scaler" in state.to_checkpoint(from_preset("dcgan", **SMALL), torch.zeros(1))
+    fp32 = build_state(from_preset("dcgan", **SMALL, precision="fp32"), 32, CPU)
+    assert not fp32.scaler.is_enabled() and "scaler" not in fp32.to_checkpoint(from_preset("dcgan", **SMALL), torch.zeros(1))
 
 
 def test_batch_source_gives_the_datasets_batches_and_resumes_mid_epoch(data32):
     dataset = open_prepared(data32)
     source = BatchSource(dataset, CPU)
     expected = list(dataset.batches(16, seed=3, epoch=2, rank=1, world_size=2))
-    drawn = [b.numpy() for b in source.epoch(16, seed=3, epoch=2, rank=1, world_size=2)]
+    drawn = [images.numpy() for images, _ in source.epoch(16, seed=3, epoch=2, rank=1, world_size=2)]
     assert len(drawn) == len(expected) == source.steps_per_epoch(16, 2) == 2
     assert all(np.array_equal(a, b) for a, b in zip(drawn, expected))
-    assert np.array_equal(next(source.epoch(16, seed=3, epoch=2, rank=1, world_size=2, skip=1)).numpy(), expected[1])
+    assert np.array_equal(next(source.epoch(16, seed=3, epoch=2, rank=1, world_size=2, skip=1))[0].numpy(), expected[1])
     # Held resident (as on a GPU), batches are gathered from the tensor and are the same.
     resident = BatchSource(dataset, CPU, resident=True)
-    assert all(np.array_equal(a.numpy(), b) for a, b in zip(resident.epoch(16, seed=3, epoch=2, rank=1, world_size=2), expected))
+    assert all(np.array_equal(a.numpy(), b) for (a, _), b in zip(resident.epoch(16, seed=3, epoch=2, rank=1, world_size=2), expected))
 
 
 def test_to_model_input_is_channels_last_in_minus_one_to_one():
