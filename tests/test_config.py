@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from facegan.config import TrainConfig, changed_on_resume, from_preset
+from facegan.config import LIMITS, TrainConfig, changed_on_resume, from_preset
 from facegan.errors import FaceganError
 
 
@@ -50,3 +50,15 @@ def test_what_a_resume_may_change():
     saved = from_preset("dcgan")
     assert changed_on_resume(saved, from_preset("dcgan", epochs=50, device="cpu")) == []
     assert changed_on_resume(saved, from_preset("dcgan", latent_dim=128, batch_size=64)) == ["latent_dim", "batch_size"]
+
+
+@pytest.mark.parametrize(("setting", "value", "message"), [
+    ("latent_dim", 100_000_000, r"latent-dim 100,000,000 is more than facegan allows \(4,096\)"),
+    ("g_width", 1_000_000, r"g-width 1,000,000 is more than facegan allows \(1,024\)"),
+    ("d_width", 1_025, r"d-width 1,025 is more than facegan allows \(1,024\)"),
+    ("grid_size", 10_000, r"grid-size 10,000 is more than facegan allows \(1,024\)"),
+])
+def test_sizes_that_cannot_fit_are_refused_before_anything_is_built(setting, value, message):
+    with pytest.raises(FaceganError, match=message):
+        from_preset("dcgan", **{setting: value})
+    assert getattr(from_preset("dcgan", **{setting: LIMITS[setting]}), setting) == LIMITS[setting]  # the limit itself is allowed

@@ -215,6 +215,16 @@ PRESETS: dict[str, dict] = {
     "facegan": {"flip": True, "ema_kimg": 10.0, "ema_rampup": 0.05, "lr_schedule": "linear", "lr_decay_start": 0.5},
 }
 
+# Sizes past which a setting cannot fit any machine facegan runs on; refused before anything is
+# allocated (config.json, a checkpoint or an exported file can carry any number). Change them here.
+LIMITS = {"latent_dim": 4096, "g_width": 1024, "d_width": 1024, "grid_size": 1024}
+_LIMIT_REASONS = {
+    "latent_dim": "the seeds use 100 or 128, and G's first layer grows with it",
+    "g_width": "G's widest layer is this times 2^(stages - 1) channels (8 times at 64 px), its weights that squared",
+    "d_width": "D's widest layer is this times 2^(stages - 1) channels (8 times at 64 px), its weights that squared",
+    "grid_size": "each epoch's grid is one picture of that many images",
+}
+
 # What the models can be built at: 4x4 doubled n times (models/dcgan.py's stages()).
 RESOLUTIONS = (8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -243,6 +253,10 @@ def validate(config: TrainConfig) -> None:
         positive(name.replace("_", "-"), getattr(config, name))
         if not isinstance(getattr(config, name), int):
             raise FaceganError(f"{name.replace('_', '-')} must be a whole number, not {getattr(config, name)}.")
+    for name, limit in LIMITS.items():
+        if getattr(config, name) > limit:
+            raise FaceganError(f"{name.replace('_', '-')} {getattr(config, name):,} is more than facegan allows ({limit:,}): "
+                               f"{_LIMIT_REASONS[name]}.")
     positive("lr-g", config.lr_g)
     positive("lr-d", config.lr_d)
     if not (isinstance(config.rollback_lr_factor, (int, float)) and 0 < config.rollback_lr_factor < 1):
