@@ -83,7 +83,7 @@ def test_sizes_show_the_same_face() -> None:
 
 def test_too_small_a_size_is_refused() -> None:
     with pytest.raises(ValueError):
-        S.render(S.sample_params(0, np.arange(1)), 8)
+        S.render(S.sample_params(0, np.arange(1)), S.MIN_SIZE - 1)
 
 
 def test_empty_batch() -> None:
