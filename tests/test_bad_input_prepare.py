@@ -391,6 +391,9 @@ def test_a_symlink_loop_is_one_sentence(tmp_path, capsys):
     faces = images(tmp_path / "faces")
     before = snapshot(tmp_path)
     loop = "leads into a symlink loop"
+    refused(["train", "--data", tmp_path / "a", "--device", "cpu", "--runs-dir", tmp_path / "runs", "--quiet"], capsys, loop)
+    refused(["train", "--data", tmp_path / "a" / "d", "--device", "cpu", "--runs-dir", tmp_path / "runs", "--quiet"],
+            capsys, loop)
     refused(["info", tmp_path / "a"], capsys, loop)
     refused(["prepare", tmp_path / "a", "--out", tmp_path / "out", *PREPARE], capsys, loop)
     refused(["prepare", tmp_path / "a" / "x", "--out", tmp_path / "out", *PREPARE], capsys, loop)
