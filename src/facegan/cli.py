@@ -311,12 +311,13 @@ def run_prepare(args: argparse.Namespace) -> None:
 def run_train(args: argparse.Namespace) -> None:
     """`facegan train`."""
     from facegan.config import from_preset
+    from facegan.paths import real_path
     from facegan.train.loop import train
     from facegan.train.rundir import resume_config
 
     overrides = {field.name: getattr(args, field.name) for field in _train_fields()}
     if args.data is not None:  # absolute, so a run resumes from any directory and compares equal
-        overrides["data"] = str(Path(args.data).expanduser().resolve())
+        overrides["data"] = str(real_path(args.data, "--data"))
     if args.lr is not None:
         overrides["lr_g"] = overrides["lr_g"] if overrides["lr_g"] is not None else args.lr
         overrides["lr_d"] = overrides["lr_d"] if overrides["lr_d"] is not None else args.lr

@@ -29,6 +29,7 @@ def export_generator(source: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Write the generator of a run directory or checkpoint to `out` (.safetensors) and its description
     to `out` with .json; the EMA weights when the checkpoint has them. Returns `out`."""
     out = output_file(out, "--out", suffixes=(EXPORT_SUFFIX,))
+    _check_description_path(out.with_suffix(".json"), out)
     path, checkpoint = resolve_checkpoint(source)
     weights = "generator_ema" if checkpoint.get("generator_ema") is not None else "generator"
     if weights not in checkpoint or not isinstance(checkpoint.get("config"), dict):
@@ -46,6 +47,19 @@ def export_generator(source: str | os.PathLike, out: str | os.PathLike) -> Path:
     _write_atomically(out.with_suffix(".json"),
                       lambda temporary: temporary.write_text(json.dumps(description, indent=1) + "\n", encoding="utf-8"))
     return out
+
+
+def _check_description_path(path: Path, out: Path) -> None:
+    """The .json beside `out` may be replaced only when it is an earlier export's description."""
+    if not path.exists() and not path.is_symlink():
+        return
+    try:
+        description = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # a folder, unreadable, not JSON, not UTF-8
+        description = None
+    if not isinstance(description, dict) or description.get("format") != EXPORT_FORMAT:
+        raise FaceganError(f"{path} exists and is not a facegan export description, and exporting to {out} would "
+                           "overwrite it; move it away or choose another --out.")
 
 
 def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:

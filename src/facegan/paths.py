@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -39,3 +40,20 @@ def _require_creatable(directory: Path, option: str) -> None:
                 raise FaceganError(f"{option}: cannot write in {parent} (permission denied).")
             return
 
+
+
+def real_path(path: str | os.PathLike, option: str) -> Path:
+    """`path` made absolute with every symlink followed; a symlink loop on the way is one sentence."""
+    path = Path(path).expanduser()
+    try:
+        os.stat(path)
+        looped = False
+    except OSError as error:
+        looped = error.errno == errno.ELOOP
+    if not looped:
+        try:
+            return path.resolve()
+        except RuntimeError:  # Python before 3.13 says "Symlink loop" this way
+            pass
+    raise FaceganError(f"{option} {path} leads into a symlink loop (links that point at each other); "
+                       "fix or remove the link, or give the real path.")

@@ -82,8 +82,8 @@ def test_sizes_show_the_same_face() -> None:
 
 
 def test_too_small_a_size_is_refused() -> None:
-    with pytest.raises(ValueError, match="size must be at least 16, got 8"):
-        S.render(S.sample_params(0, np.arange(1)), 8)
+    with pytest.raises(ValueError, match=rf"size must be at least {S.MIN_SIZE}, got {S.MIN_SIZE - 1}"):
+        S.render(S.sample_params(0, np.arange(1)), S.MIN_SIZE - 1)
 
 
 def test_empty_batch() -> None:

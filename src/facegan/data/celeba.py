@@ -53,10 +53,15 @@ class Annotation:
     filenames: list[str]
     columns: list[str]
     values: np.ndarray  # int32 (rows, columns)
+    lines: list[int] = field(default_factory=list)  # the file's line number of each row, from 1
+    repeated: list[dict] = field(default_factory=list)  # {"file", "image", "lines"}: identical rows given twice or more
 
     def row_of(self) -> dict[str, int]:
-        """File name -> row index."""
-        return {name: i for i, name in enumerate(self.filenames)}
+        """File name -> row index (its first row, when identical rows repeat it)."""
+        rows: dict[str, int] = {}
+        for i, name in enumerate(self.filenames):
+            rows.setdefault(name, i)
+        return rows
 
 
 @dataclass
@@ -96,9 +101,41 @@ def parse_annotation(data: bytes, kind: AnnotationKind, source: str) -> Annotati
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise FaceganError(f"{source} is not a text file; expected a CelebA annotation file.") from None
-    if source.lower().endswith(".csv"):
-        return _parse_csv(text, kind, source)
-    return _parse_txt(text, kind, source)
+    annotation = _parse_csv(text, kind, source) if source.lower().endswith(".csv") else _parse_txt(text, kind, source)
+    if kind.key == "partition":
+        _check_partitions(annotation)
+    annotation.repeated = _repeated_rows(annotation)
+    return annotation
+
+
+def _check_partitions(annotation: Annotation) -> None:
+    """Only 0, 1 and 2 (train, valid, test): anything else would be stored wrapped around, or silently dropped."""
+    bad = np.flatnonzero(~np.isin(annotation.values[:, 0], list(SPLITS.values())))
+    if bad.size:
+        row = int(bad[0])
+        raise FaceganError(
+            f"{annotation.source} line {annotation.lines[row]} gives {annotation.filenames[row]} the partition "
+            f"{int(annotation.values[row, 0])}; CelebA's partitions are 0 (train), 1 (valid) and 2 (test), so correct that line."
+        )
+
+
+def _repeated_rows(annotation: Annotation) -> list[dict]:
+    """Images named on more than one row: listed when the rows agree, refused when they do not."""
+    seen: dict[str, int] = {}
+    repeats: dict[str, list[int]] = {}
+    for i, name in enumerate(annotation.filenames):
+        first = seen.setdefault(name, i)
+        if first != i:
+            repeats.setdefault(name, [first]).append(i)
+    for name, rows in repeats.items():
+        for row in rows[1:]:
+            if not np.array_equal(annotation.values[row], annotation.values[rows[0]]):
+                raise FaceganError(
+                    f"{annotation.source} gives {name} two different rows (lines {annotation.lines[rows[0]]} and "
+                    f"{annotation.lines[row]}); keep the right one and delete the other."
+                )
+    return [{"file": annotation.source, "image": name, "lines": [annotation.lines[row] for row in rows]}
+            for name, rows in repeats.items()]
 
 
 def _parse_txt(text: str, kind: AnnotationKind, source: str) -> Annotation:
@@ -124,8 +161,8 @@ def _parse_txt(text: str, kind: AnnotationKind, source: str) -> Annotation:
         rows = sum(1 for line in lines[first:] if line.strip())
         if rows != expected_rows:
             raise _bad(source, 1, f"announces {expected_rows} rows but the file has {rows}")
-    filenames, values = _parse_rows(lines, first, width, None, source)
-    return Annotation(source, filenames, columns, values)
+    filenames, values, numbers = _parse_rows(lines, first, width, None, source)
+    return Annotation(source, filenames, columns, values, numbers)
 
 
 def _parse_csv(text: str, kind: AnnotationKind, source: str) -> Annotation:
@@ -136,19 +173,23 @@ def _parse_csv(text: str, kind: AnnotationKind, source: str) -> Annotation:
     columns = header[1:]
     if kind.columns and len(columns) != kind.columns:
         raise _bad(source, 1, f"should name {kind.columns} columns, not {len(columns)}")
-    filenames, values = _parse_rows(lines, 1, len(columns), ",", source)
-    return Annotation(source, filenames, columns, values)
+    filenames, values, numbers = _parse_rows(lines, 1, len(columns), ",", source)
+    return Annotation(source, filenames, columns, values, numbers)
 
 
-def _parse_rows(lines: list[str], first: int, width: int, sep: str | None, source: str) -> tuple[list[str], np.ndarray]:
-    """File names and an int32 (rows, width) matrix from lines of `name value value ...`."""
+def _parse_rows(
+    lines: list[str], first: int, width: int, sep: str | None, source: str
+) -> tuple[list[str], np.ndarray, list[int]]:
+    """File names, an int32 (rows, width) matrix and each row's line number, from lines of `name value value ...`."""
     filenames: list[str] = []
     rests: list[str] = []
-    for line in lines[first:]:
+    numbers: list[int] = []
+    for number, line in enumerate(lines[first:], start=first + 1):
         parts = line.split(sep, 1)
         if parts and parts[0].strip():
             filenames.append(parts[0].strip())
             rests.append(parts[1] if len(parts) > 1 else "")
+            numbers.append(number)
     # NumPy's C parser is ~20x faster than int() per token; it stops at the first bad token,
     # and only then do we walk the lines to say which one is wrong.
     joiner = " " if sep is None else sep
@@ -160,7 +201,11 @@ def _parse_rows(lines: list[str], first: int, width: int, sep: str | None, sourc
         values = np.empty(0, np.int64)
     if values.size != len(filenames) * width or not rests:
         _raise_first_bad_row(lines, first, width, sep, source)
-    return filenames, values.astype(np.int32).reshape(-1, width)
+    limits = np.iinfo(np.int32)
+    outside = np.flatnonzero((values < limits.min) | (values > limits.max))
+    if outside.size:  # int32 would wrap it around into another, plausible-looking number
+        raise _bad(source, numbers[int(outside[0]) // width], f"has {int(values[outside[0]])}, far outside any CelebA value")
+    return filenames, values.astype(np.int32).reshape(-1, width), numbers
 
 
 def _raise_first_bad_row(lines: list[str], first: int, width: int, sep: str | None, source: str) -> None:
@@ -272,6 +317,7 @@ def plan_celeba(layout: CelebaLayout, source: str, split: str, options: DecodeOp
     names = [PurePosixPath(rel).name for rel in files]
     parsed = {kind.key: layout.read_annotation(kind.key) for kind in ANNOTATIONS}
     plan.info["annotation_files"] = {key: a.source for key, a in parsed.items() if a is not None}
+    plan.info["duplicate_annotation_rows"] = [row for a in parsed.values() if a is not None for row in a.repeated]
 
     keep = np.ones(len(files), dtype=bool)
     rows: dict[str, np.ndarray] = {}  # key -> row index per file, -1 when absent

@@ -21,18 +21,23 @@ import logging
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
+import warnings
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from facegan import __version__
+from facegan.config import RESOLUTIONS
 from facegan.data import synthetic
 from facegan.data.celeba import DEFAULT_CROP, SPLITS, detect_celeba, plan_celeba
 from facegan.data.folder import plan_folder
@@ -44,14 +49,21 @@ from facegan.data.images import (
     decode_image,
 )
 from facegan.data.plan import Plan
-from facegan.data.prepared import FORMAT, FORMAT_VERSION, MANIFEST
+from facegan.data.prepared import (
+    ESCAPING,
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    write_filenames,
+)
 from facegan.data.sources import open_tree
-from facegan.errors import FaceganError
+from facegan.errors import FaceganError, FaceganWarning, Interrupted
 from facegan.files import fsync_directory, other_process_alive
+from facegan.paths import real_path
 
 log = logging.getLogger(__name__)
 
-SIZES = range(8, 1025)
+SIZES = range(8, 1025)  # synthetic.MIN_SIZE is 8 too: every source can be prepared at every one of them
 SYNTHETIC = "synthetic"
 _HEADER_BYTES = 128  # fixed .npy header, so the final row count can be patched in place
 _DECODE_CHUNK = 64  # files per worker task: amortises IPC, keeps the stream fine-grained
@@ -112,6 +124,13 @@ def _init_worker(plan: Plan, options: DecodeOptions) -> None:
     _WORKER["plan"], _WORKER["options"] = plan, options
 
 
+def _init_pool_worker(plan: Plan, options: DecodeOptions) -> None:
+    # A forked worker inherits the parent's SIGTERM handler (_sigterm_stops); a worker simply ends,
+    # and the parent, stopped by the same signal, says so and cleans up.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _init_worker(plan, options)
+
+
 def _decode_chunk(task: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, list, list]:
     """Decode files [start, stop): (kept indices, images, skipped (index, reason), source sizes)."""
     plan, options = _WORKER["plan"], _WORKER["options"]
@@ -153,7 +172,7 @@ def _run_chunks(
         return
     # fork starts workers in milliseconds; elsewhere spawn is the only safe choice.
     context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
-    executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(plan, options))
+    executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_pool_worker, initargs=(plan, options))
     pending: collections.deque = collections.deque()
     try:
         for task in tasks:
@@ -162,6 +181,9 @@ def _run_chunks(
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+    except BrokenProcessPool:
+        raise FaceganError(f"a worker process of prepare ended unexpectedly (killed, or out of memory); nothing was "
+                           f"kept, so run the same command again, perhaps with fewer --workers than {workers}.") from None
     finally:
         # On failure, cancel what has not started and let the running chunks finish (milliseconds):
         # killing workers mid-task, as Pool.terminate() does, can deadlock on its queue locks.
@@ -198,6 +220,101 @@ def _remove_stale_partials(out: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
+# Files an operating system drops into any folder it shows; --force may delete them with the folder.
+_LITTER = {".DS_Store", "Thumbs.db", "desktop.ini"}
+
+
+def _foreign_entries(out: Path) -> tuple[bool, list[str]]:
+    """(whether `out` holds a prepared dataset, the names in it that no prepared dataset writes)."""
+    try:
+        manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # none, unreadable, not JSON (UnicodeDecodeError is a ValueError)
+        manifest = None
+    is_dataset = isinstance(manifest, dict) and manifest.get("format") == FORMAT
+    ours: set[str] = set()
+    if is_dataset:
+        labels = manifest.get("labels")
+        labels = labels if isinstance(labels, list) else []
+        ours = {MANIFEST, "images.npy", "filenames.txt", *(f"{key}.npy" for key in labels if isinstance(key, str))}
+    entries = sorted(entry.name for entry in out.iterdir())
+    return is_dataset, [name for name in entries if name not in ours and name not in _LITTER]
+
+
+def _describe_entries(out: Path, names: list[str]) -> str:
+    """'3 files', '1 folder', '2 files and 1 folder': what `names` in `out` are."""
+    folders = sum(1 for name in names if (out / name).is_dir() and not (out / name).is_symlink())
+    files = len(names) - folders
+    parts = [f"{count} {word}{'s' if count != 1 else ''}" for count, word in ((files, "file"), (folders, "folder")) if count]
+    return " and ".join(parts)
+
+
+def check_output(out: Path, force: bool) -> None:
+    """Refuse an `out` that exists, unless `force` and it holds a prepared dataset (and nothing else) or nothing."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise FaceganError(f"{out} is a file; --out must name a directory.")
+    is_dataset, foreign = _foreign_entries(out)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        what = _describe_entries(out, foreign)
+        there = (f"a prepared dataset and {what} that {'is' if len(foreign) == 1 else 'are'} not part of it" if is_dataset
+                 else f"{what} that {'is' if len(foreign) == 1 else 'are'} not a prepared dataset")
+        raise FaceganError(f"{out} holds {there} ({shown}); --force replaces only a prepared dataset or an empty "
+                           f"folder, so choose another --out or move {'it' if len(foreign) == 1 else 'them'} away first.")
+    if not force:
+        what = "a prepared dataset" if is_dataset else "an empty folder"
+        raise FaceganError(f"{out} already holds {what}; pass --force to replace it or choose another --out.")
+
+
+def check_source_and_output(source: str, out: Path) -> None:
+    """Refuse an `out` that is the source, lies inside it, or holds it: --force or not, prepare would destroy it."""
+    if source == SYNTHETIC:
+        return
+    real_source, real_out = real_path(source, "the source"), real_path(out, "--out")
+    if real_out == real_source:
+        where = "is the source itself"
+    elif real_source in real_out.parents:
+        where = f"is inside the source {source}"
+    elif real_out in real_source.parents:
+        where = f"holds the source {source}"
+    else:
+        return
+    raise FaceganError(f"--out {out} {where}; prepare into a folder outside the source, such as "
+                       f"{real_source.parent / (real_source.stem + '-prepared')}.")
+
+
+@contextlib.contextmanager
+def _sigterm_stops(out: Path) -> Iterator[Callable[[], contextlib.AbstractContextManager]]:
+    """While inside, SIGTERM raises Interrupted (so the partial folder is cleaned up and the CLI says so).
+
+    Yields `finishing`: inside it SIGTERM is ignored, because the dataset is complete and being renamed
+    into place, and stopping half-way through the swap would leave neither the old one nor the new one.
+    Worker processes end on SIGTERM as usual (_init_pool_worker); a SIGTERM to this process alone lets
+    them finish their chunk first.
+    """
+    @contextlib.contextmanager
+    def finishing() -> Iterator[None]:
+        if main:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        yield
+
+    main = threading.current_thread() is threading.main_thread()  # signal handlers live in the main thread only
+    if not main:
+        yield finishing
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise Interrupted(f"stopped by SIGTERM while preparing {out}; nothing was kept and any dataset already there "
+                          "is untouched, so run the same command again.", signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield finishing
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def prepare(
     source: str,
     out: str | os.PathLike,
@@ -215,15 +332,17 @@ def prepare(
 ) -> Path:
     """Prepare `source` (a CelebA copy, an image folder or zip, or "synthetic") into `out`."""
     out = Path(out).expanduser().absolute()
-    if out.exists() and not out.is_dir():
-        raise FaceganError(f"{out} is a file; --out must name a directory.")
-    if out.exists() and not force:
-        what = "a prepared dataset" if (out / MANIFEST).exists() else "something"
-        raise FaceganError(f"{out} already holds {what}; pass --force to replace it or choose another --out.")
+    if out.is_symlink():  # replace what the link points at, not the link
+        out = real_path(out, "--out")
+    check_source_and_output(source, out)
+    check_output(out, force)
     plan, options = make_plan(source, split=split, size=size, crop=crop, filter=filter,
                               jpeg_draft=jpeg_draft, count=count, seed=seed)
     if len(plan) == 0:
         raise FaceganError(f"no images of {source} are left to prepare (split {split}); check --split and the folder.")
+    if size not in RESOLUTIONS:
+        warnings.warn(f"--size {size}: this size cannot be trained (the models are built at "
+                      f"{', '.join(map(str, RESOLUTIONS))} pixels); preparing it anyway.", FaceganWarning, stacklevel=2)
 
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -235,8 +354,11 @@ def prepare(
     partial = out.parent / f".{out.name}.partial-{os.getpid()}"
     partial.mkdir()
     try:
-        manifest = _write(plan, options, partial, workers or os.cpu_count() or 1, progress)
-        _swap_into_place(partial, out)
+        with _sigterm_stops(out) as finishing:
+            manifest = _write(plan, options, partial, workers or os.cpu_count() or 1, progress)
+            check_output(out, force)  # again: files may have been put there while we decoded
+            with finishing():
+                _swap_into_place(partial, out)
     except OSError as error:
         shutil.rmtree(partial, ignore_errors=True)
         if error.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -247,9 +369,26 @@ def prepare(
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+    _warn_about(manifest)
     if progress:
         log.info(f"prepared {manifest['count']:,} images of {size}x{size} in {out} ({len(manifest['skipped']):,} skipped)")
     return out
+
+
+def _warn_about(manifest: dict) -> None:
+    """Once each: images that were upscaled, annotation rows that were repeated."""
+    upscaled, size = manifest.get("upscaled_images", 0), manifest["size"]
+    if upscaled:
+        were = "was" if upscaled == 1 else "were"
+        warnings.warn(f"{upscaled:,} of the {manifest['count']:,} images {were} smaller than the {size}x{size} output "
+                      f"(after any --crop) and {were} upscaled, so they look blurred; dataset.json counts them as "
+                      "upscaled_images.", FaceganWarning, stacklevel=3)
+    repeated = manifest.get("duplicate_annotation_rows", [])
+    if repeated:
+        files = ", ".join(sorted({row["file"] for row in repeated}))
+        has = "image has" if len(repeated) == 1 else "images have"
+        warnings.warn(f"{len(repeated):,} {has} more than one identical row in {files}; each was used once, and "
+                      "dataset.json lists them as duplicate_annotation_rows.", FaceganWarning, stacklevel=3)
 
 
 def _swap_into_place(partial: Path, out: Path) -> None:
@@ -272,6 +411,7 @@ def _write(plan: Plan, options: DecodeOptions, directory: Path, workers: int, pr
     attribute_parts: list[np.ndarray] = []
     skipped = list(plan.skipped)
     source_sizes: set[tuple[int, int]] = set()
+    upscaled = 0  # images whose crop is smaller than the output: resizing enlarges them
     work = _render_chunk if plan.kind == "synthetic" else _decode_chunk
     written = 0
     bar = tqdm(total=len(plan), unit="img", desc="prepare", disable=not progress, dynamic_ncols=True)
@@ -291,6 +431,7 @@ def _write(plan: Plan, options: DecodeOptions, directory: Path, workers: int, pr
                 attribute_parts.append(extra)
             else:
                 source_sizes.update(extra)
+                upscaled += sum(1 for width, height in extra if (options.crop or min(width, height)) < size)
             bar.update(len(kept) + len(failures))
         bar.close()
         if written == 0:
@@ -311,7 +452,7 @@ def _write(plan: Plan, options: DecodeOptions, directory: Path, workers: int, pr
         digest.update(np.ascontiguousarray(labels["attributes"]).tobytes())
         digest.update("\n".join(plan.attribute_names).encode())
     names = [plan.names[i] for i in kept] if plan.kind != "synthetic" else [f"{plan.seed}/{i}" for i in kept]
-    (directory / "filenames.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
+    write_filenames(directory / "filenames.txt", names)
 
     manifest = {
         "format": FORMAT,
@@ -330,6 +471,8 @@ def _write(plan: Plan, options: DecodeOptions, directory: Path, workers: int, pr
         "content_hash": "sha256:" + digest.hexdigest(),
         "hash_covers": "images.npy rows, then attributes.npy and attribute names when present",
         "skipped": skipped,
+        "upscaled_images": upscaled,
+        "filenames_escaping": ESCAPING,
         **plan.info,
         "seconds": round(time.perf_counter() - started, 2),
         "facegan_version": __version__,

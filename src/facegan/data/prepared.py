@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
@@ -12,11 +13,49 @@ from pathlib import Path
 import numpy as np
 
 from facegan.errors import FaceganError
+from facegan.paths import real_path
 
 FORMAT = "facegan-dataset"
 FORMAT_VERSION = 1
 MANIFEST = "dataset.json"
 _HASH_BLOCK = 4096  # rows hashed at a time by verify()
+# filenames.txt holds one name a line. A name may hold any character a file system allows
+# (newlines, bytes that are not UTF-8), so the writer escapes what would break a line or UTF-8,
+# and says so in the manifest; files from before the escaping are read as they are.
+ESCAPING = "backslash"
+_ESCAPE = re.compile(r"[\\\n\r\ud800-\udfff]")
+_UNESCAPE = re.compile(r"\\(\\|n|r|x[0-9a-f]{2}|u[0-9a-f]{4})")
+
+
+def escape_name(name: str) -> str:
+    """One line of filenames.txt: backslash, LF and CR as \\\\, \\n, \\r; an undecodable byte as \\xNN."""
+
+    def escape(match: re.Match) -> str:
+        char = match.group()
+        if char in "\\\n\r":
+            return {"\\": "\\\\", "\n": "\\n", "\r": "\\r"}[char]
+        code = ord(char)
+        # os.fsdecode keeps an undecodable byte B as the lone surrogate U+DC00+B (surrogateescape)
+        return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+    return _ESCAPE.sub(escape, name)
+
+
+def unescape_name(line: str) -> str:
+    """The name escape_name() wrote: os.fsencode() of it gives the file's original bytes."""
+
+    def unescape(match: re.Match) -> str:
+        code = match.group(1)
+        if code in ("\\", "n", "r"):
+            return {"\\": "\\", "n": "\n", "r": "\r"}[code]
+        return chr(0xDC00 + int(code[1:], 16)) if code[0] == "x" else chr(int(code[1:], 16))
+
+    return _UNESCAPE.sub(unescape, line)
+
+
+def write_filenames(path: Path, names: list[str]) -> None:
+    """filenames.txt: one escaped name a line, UTF-8, whatever the names hold."""
+    path.write_text("".join(escape_name(name) + "\n" for name in names), encoding="utf-8")
 
 
 class PreparedDataset:
@@ -64,8 +103,14 @@ class PreparedDataset:
         return np.asarray(self.attributes[:, self.attribute_names.index(name)])
 
     def filenames(self) -> list[str]:
-        """The source file of each image, in order."""
-        return (self.path / "filenames.txt").read_text(encoding="utf-8").splitlines()
+        """The source file of each image, in order (as os.fsdecode names it: os.fsencode gives its bytes)."""
+        with open(self.path / "filenames.txt", encoding="utf-8", newline="") as stream:
+            lines = stream.read().split("\n")  # "\n" only: splitlines() would also split at U+2028 and others
+        if lines and lines[-1] == "":
+            lines.pop()
+        if self.manifest.get("filenames_escaping") == ESCAPING:
+            return [unescape_name(line) for line in lines]
+        return [line.removesuffix("\r") for line in lines]
 
     def take(self, indices: np.ndarray) -> np.ndarray:
         """Images at `indices`, as a uint8 (len(indices), S, S, 3) array in memory."""
@@ -146,10 +191,10 @@ def write_subset(dataset: PreparedDataset, indices: np.ndarray, out: str | os.Pa
         np.save(out / f"{key}.npy", np.asarray(dataset.label(key)[indices]))
     if (dataset.path / "filenames.txt").exists():
         names = dataset.filenames()
-        (out / "filenames.txt").write_text("".join(names[i] + "\n" for i in indices), encoding="utf-8")
+        write_filenames(out / "filenames.txt", [names[i] for i in indices])
     attributes = np.asarray(dataset.attributes[indices]) if dataset.attributes is not None else None
     manifest = {**dataset.manifest, "count": len(indices), "labels": labels,
-                "content_hash": content_hash(images, attributes, dataset.attribute_names),
+                "content_hash": content_hash(images, attributes, dataset.attribute_names), "filenames_escaping": ESCAPING,
                 "subset_of": {"path": str(dataset.path), "content_hash": dataset.manifest.get("content_hash"),
                               "count": len(dataset)}}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
@@ -159,6 +204,7 @@ def write_subset(dataset: PreparedDataset, indices: np.ndarray, out: str | os.Pa
 def open_prepared(path: str | os.PathLike) -> PreparedDataset:
     """Open a directory written by `facegan prepare`, checking that it is complete and consistent."""
     path = Path(path).expanduser()
+    real_path(path, "the dataset")  # a symlink loop is one sentence, not "no such directory"
     hint = f"run `facegan prepare SOURCE --out {path}` first"
     if path.is_file():
         raise FaceganError(f"{path} is a file, not a prepared dataset (a directory); {hint}.")

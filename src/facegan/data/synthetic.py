@@ -2,7 +2,7 @@
 
 Every face is a stack of shapes painted with numpy over a whole batch at once. Each shape is
 a signed distance turned into the fraction of a pixel it covers, so even shapes painted at the
-output size have antialiased edges. Outputs under 64 pixels are painted 2x or 4x larger, and
+output size have antialiased edges. Outputs under 64 pixels are painted 2x to 8x larger, and
 the small features (eyes, brows, glasses, nose, mouth) always at twice that again, then
 box-averaged down, so thin lines keep their true weight.
 """
@@ -1223,6 +1223,11 @@ def _hat(cv: _Canvas) -> None:
 # Putting it together.
 
 
+# The smallest output side, and prepare's smallest --size. Below 64 pixels a face is painted at
+# 64 or more and box-averaged down (_supersample), so 8 pixels is the same face, shrunk.
+MIN_SIZE = 8
+
+
 def _supersample(size: int) -> int:
     """How many times finer than the output the image is painted (features twice that again);
     from 64 pixels up, the analytic edge coverage alone keeps the large shapes smooth."""
@@ -1287,8 +1292,8 @@ def _paint(img: np.ndarray, T: _Traits, p: FaceParams) -> None:
 
 def render(params: FaceParams, size: int = 64) -> np.ndarray:
     """Render faces as uint8 (B, size, size, 3)."""
-    if size < 16:
-        raise ValueError(f"size must be at least 16, got {size}")
+    if size < MIN_SIZE:
+        raise ValueError(f"size must be at least {MIN_SIZE}, got {size}")
     ss = _supersample(size)
     n = size * ss
     total = len(params)
