@@ -217,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--count", type=_positive_int, default=50_000, help="number of synthetic faces (default 50000)")
     prepare.add_argument("--seed", type=_natural_int, default=0, help="seed of the synthetic faces (default 0)")
     prepare.add_argument("--workers", type=_positive_int, default=None, help="decoding processes (default: all cores)")
-    prepare.add_argument("--force", action="store_true", help="replace --out if it exists")
+    prepare.add_argument("--force", action="store_true",
+                         help="replace --out if it is a prepared dataset or an empty folder (anything else is refused)")
     prepare.add_argument("--download", type=Path, metavar="DIR", default=None,
                          help="with source `celeba`: fetch CelebA into DIR first (resumable, checksummed)")
     prepare.add_argument("--mirror", default=None, help="base URL to download CelebA from (default: built-in mirror)")
