@@ -271,8 +271,21 @@ def features_of(calls: list[FeatureCall], images: np.ndarray) -> np.ndarray:
     pytest.fail(f"the Inception network never saw these {len(images)} images ({len(calls)} calls)")
 
 
-def fid_of(real: np.ndarray, fake: np.ndarray) -> float:
-    """FID from two sets of features, with facegan's own NumPy math."""
-    from facegan.metrics.fid import frechet_distance, gaussian_stats
+# How far fid_of and facegan's FID may be apart: the eigenvalues of a singular 2048 x 2048
+# covariance (fewer samples than dimensions) carry rounding errors of ~1e-6 relative.
+FID_REL = 1e-5
 
-    return frechet_distance(gaussian_stats(real), gaussian_stats(fake))
+
+def fid_of(real: np.ndarray, fake: np.ndarray) -> float:
+    """FID of two small sets of features, computed independently of facegan.metrics.fid.
+
+    The same value as frechet_distance(gaussian_stats(real), gaussian_stats(fake)), another way:
+    with A, B the centred features over sqrt(n - 1), the covariances are A^T A and B^T B, and
+    tr sqrt(S1 S2) is the sum of the singular values of A B^T, an n x m matrix. Milliseconds,
+    where facegan's 2048 x 2048 eigendecompositions take seconds on one thread.
+    """
+    a, b = (np.asarray(x, np.float64) for x in (real, fake))
+    centred = [(x - x.mean(axis=0)) / np.sqrt(len(x) - 1) for x in (a, b)]
+    trace_sqrt = np.linalg.svd(centred[0] @ centred[1].T, compute_uv=False).sum()
+    mean_term = np.sum((a.mean(axis=0) - b.mean(axis=0)) ** 2)
+    return float(mean_term + np.sum(centred[0] ** 2) + np.sum(centred[1] ** 2) - 2 * trace_sqrt)
