@@ -15,30 +15,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from conftest import run_cli, tiny
 
-from facegan.cli import main
-from facegan.config import from_preset
 from facegan.data.prepare import prepare
 from facegan.train.loop import train
 
 
 @pytest.fixture(scope="module")
-def paths(tmp_path_factory) -> dict[str, str]:
+def paths(tmp_path_factory, one_thread) -> dict[str, str]:
     """Every good and bad file and folder the table names, made once."""
     root = tmp_path_factory.mktemp("bad")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models train much faster on one thread of a busy machine
-    try:
-        data = prepare("synthetic", root / "d32", count=64, size=32, progress=False)
-        tiny = {"batch_size": 16, "g_width": 8, "d_width": 8, "grid_size": 16, "device": "cpu", "epochs": 1}
-        run = train(from_preset("dcgan", data=str(data), runs_dir=str(root / "runs"), **tiny), progress=False)
-        # A run whose data was prepared again at another size after it started.
-        moved = prepare("synthetic", root / "d-resized", count=64, size=32, progress=False)
-        mismatch = train(from_preset("dcgan", data=str(moved), runs_dir=str(root / "runs2"), **tiny), progress=False)
-        prepare("synthetic", moved, count=64, size=64, progress=False, force=True)
-    finally:
-        torch.set_num_threads(threads)
+    # 64 faces, not data32's 96: the table names the shape of their images.
+    data = prepare("synthetic", root / "d32", count=64, size=32, progress=False)
+    run = train(tiny(root, data, epochs=1), progress=False)
+    # A run whose data was prepared again at another size after it started.
+    moved = prepare("synthetic", root / "d-resized", count=64, size=32, progress=False)
+    mismatch = train(tiny(root / "second", moved, epochs=1), progress=False)
+    prepare("synthetic", moved, count=64, size=64, progress=False, force=True)
 
     (root / "a-file").write_text("not a directory\n")
     (root / "empty").mkdir()
@@ -189,17 +182,11 @@ def _id(case) -> str:
 
 
 @pytest.mark.parametrize("argv, code, message", CASES, ids=[_id(case) for case in CASES])
-def test_bad_input_ends_in_one_sentence(argv, code, message, paths, capsys, monkeypatch):
-    monkeypatch.setenv("FACEGAN_CACHE", str(Path(paths["tmp"]) / "cache"))  # never the user's cache
-
+def test_bad_input_ends_in_one_sentence(argv, code, message, paths, capsys):
     def fill(text: str) -> str:
         return text.format(**paths)
 
-    try:
-        exit_code = main([fill(a) for a in argv])
-    except SystemExit as exit:  # argparse's own usage errors
-        exit_code = exit.code
-    err = capsys.readouterr().err
+    exit_code, _, err = run_cli([fill(a) for a in argv], capsys)
     assert exit_code == code, err
     assert "Traceback" not in err
     lines = err.splitlines()

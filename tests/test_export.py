@@ -9,49 +9,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli, tiny
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from facegan.cli import main
-from facegan.config import from_preset
-from facegan.data.prepare import prepare
 from facegan.errors import FaceganError
 from facegan.export import export_generator, load_exported
 from facegan.sample import sample_array
 from facegan.train.checkpoint import hash_path, load_checkpoint, save_checkpoint
 from facegan.train.loop import train
 
-TINY = {"batch_size": 16, "g_width": 8, "d_width": 8, "log_every": 2, "grid_size": 16, "device": "cpu"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: much faster on one thread of a busy 2-core machine
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
+def run(tmp_path_factory, data32) -> Path:
     """A one-epoch tiny run at 32x32."""
-    root = tmp_path_factory.mktemp("export")
-    data = prepare("synthetic", root / "s32", count=64, size=32, progress=False)
-    config = from_preset("dcgan", data=str(data), runs_dir=str(root / "runs"), epochs=1, **TINY)
-    return train(config, progress=False)
-
-
-def run_cli(argv: list[str], capsys) -> tuple[int, str]:
-    try:
-        code = main(argv)
-    except SystemExit as exit:
-        code = exit.code
-    return code, capsys.readouterr().err
+    return train(tiny(tmp_path_factory.mktemp("export"), data32, epochs=1), progress=False)
 
 
 def test_export_writes_safetensors_and_json_and_samples_the_same_faces(tmp_path, capsys, run):
     out = tmp_path / "models" / "generator.safetensors"
-    code, err = run_cli(["export", str(run), "--out", str(out)], capsys)
+    code, _, err = run_cli(["export", str(run), "--out", str(out)], capsys)
     assert code == 0, err
     assert sorted(p.name for p in out.parent.iterdir()) == ["generator.json", "generator.safetensors"]  # nothing else
     with safe_open(str(out), framework="pt") as file:
@@ -68,7 +47,7 @@ def test_export_writes_safetensors_and_json_and_samples_the_same_faces(tmp_path,
     # `facegan sample` takes the exported file and draws the very same faces as from the run.
     assert np.array_equal(sample_array(out, 8, seed=3, device="cpu", precision="fp32"),
                           sample_array(run, 8, seed=3, device="cpu", precision="fp32"))
-    code, err = run_cli(["sample", str(out), "-n", "4", "--out", str(tmp_path / "faces.png"), "--device", "cpu", "--quiet"], capsys)
+    code, _, err = run_cli(["sample", str(out), "-n", "4", "--out", str(tmp_path / "faces.png"), "--device", "cpu", "--quiet"], capsys)
     assert code == 0 and (tmp_path / "faces.png").is_file(), err
 
 
@@ -158,7 +137,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_its_payload_never_runs(
         evil = evil_checkpoint(tmp_path / "evil.pt", marker, with_hash=False)
         out = str(tmp_path / ("faces.png" if command == "sample" else "g.safetensors"))
         argv = [command, str(evil), "--out", out] + (["--quiet"] if command == "sample" else [])
-    code, err = run_cli(argv, capsys)
+    code, _, err = run_cli(argv, capsys)
     assert code == 1 and "Traceback" not in err and err.count("\n") == 1
     assert "was refused: it asks to import posix.system, which could run code when loaded" in err
     assert "weights_only" not in err  # never torch's advice to load it unsafely

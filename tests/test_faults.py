@@ -18,12 +18,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import STEPS_PER_EPOCH, TINY_ARGS, assert_identical, run_cli, tiny
 from PIL import Image
 
 from facegan import plots, viz
-from facegan.cli import main
-from facegan.config import from_preset
-from facegan.data.prepare import prepare
 from facegan.errors import FaceganError, Interrupted
 from facegan.train import checkpoint as checkpoint_module
 from facegan.train import loop
@@ -37,58 +35,15 @@ from facegan.train.checkpoint import (
 from facegan.train.guard import DivergenceGuard, run_lock
 from facegan.train.loop import resume_config, train
 
-TINY = {"batch_size": 16, "g_width": 8, "d_width": 8, "log_every": 1, "grid_size": 16, "device": "cpu"}
-TINY_ARGS = ["--batch-size", "16", "--g-width", "8", "--d-width", "8", "--device", "cpu", "--log-every", "1", "--quiet"]
-STEPS_PER_EPOCH = 6  # 96 images in batches of 16
-
-
-@pytest.fixture(scope="module")
-def data32(tmp_path_factory) -> Path:
-    """96 synthetic faces at 32x32: six batches of 16."""
-    return prepare("synthetic", tmp_path_factory.mktemp("data") / "s32", count=96, size=32, progress=False)
+# Tiny models train several times faster on one thread of a busy 2-core machine; the child
+# processes get one too (OMP_NUM_THREADS), so their steps and ours agree bit for bit.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory, data32) -> Path:
     """An uninterrupted two-epoch run, to compare interrupted and resumed runs with."""
     return train(tiny(tmp_path_factory.mktemp("straight"), data32, epochs=2), progress=False)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models train several times faster on one thread of a busy 2-core machine; the child
-    processes get one too (OMP_NUM_THREADS), so their steps and ours agree bit for bit."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("FACEGAN_CACHE", str(tmp_path / "cache"))
-
-
-def tiny(tmp_path: Path, data: Path, **overrides):
-    return from_preset("dcgan", data=str(data), runs_dir=str(tmp_path / "runs"), **{**TINY, **overrides})
-
-
-def run_cli(argv: list[str], capsys) -> tuple[int, str]:
-    try:
-        code = main(argv)
-    except SystemExit as exit:
-        code = exit.code
-    return code, capsys.readouterr().err
-
-
-def assert_identical(a: Path, b: Path) -> None:
-    """The final checkpoints of two runs hold the same tensors, bit for bit."""
-    left = load_checkpoint(a / "checkpoints" / "latest.pt")
-    right = load_checkpoint(b / "checkpoints" / "latest.pt")
-    for key in ("generator", "discriminator"):
-        assert left[key].keys() == right[key].keys()
-        assert all(torch.equal(left[key][name], right[key][name]) for name in left[key]), key
-    assert left["step"] == right["step"]
 
 
 def assert_nothing_corrupt(run: Path) -> None:
@@ -152,8 +107,9 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def child_env(tmp_path: Path, **extra: str) -> dict:
-    return {**os.environ, "FACEGAN_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **extra}
+def child_env(**extra: str) -> dict:
+    """The environment of a child trainer: this one's (PYTHONPATH, the session's FACEGAN_CACHE), one thread."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **extra}
 
 
 def wait_for_line(process: subprocess.Popen, text: str, timeout: float = 120) -> None:
@@ -171,14 +127,14 @@ def wait_for_line(process: subprocess.Popen, text: str, timeout: float = 120) ->
 def test_kill_9_while_writing_a_checkpoint_resumes_from_the_last_complete_one(tmp_path, capsys, data32, straight, moment):
     runs = tmp_path / "runs"
     argv = ["train", "--data", str(data32), "--epochs", "2", "--runs-dir", str(runs), "--checkpoint-steps", "1", *TINY_ARGS]
-    child = subprocess.Popen([sys.executable, "-c", CHILD, *argv], env=child_env(tmp_path, HANG_MOMENT=moment, HANG_AT="4"),
+    child = subprocess.Popen([sys.executable, "-c", CHILD, *argv], env=child_env(HANG_MOMENT=moment, HANG_AT="4"),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run = runs / "00001-dcgan"
     try:
         wait_for_line(child, "HANGING")  # the 4th write of latest.pt (step 4) has begun
         if moment == "mid-write":
             # While it trains, a second trainer of the same run refuses, naming the first.
-            code, err = run_cli(["train", "--resume", str(run), "--quiet"], capsys)
+            code, _, err = run_cli(["train", "--resume", str(run), "--quiet"], capsys)
             assert code == 1 and f"is being trained by process {child.pid}" in err and err.count("\n") == 1
     finally:
         child.kill()  # SIGKILL: no handler, no cleanup
@@ -193,33 +149,166 @@ def test_kill_9_while_writing_a_checkpoint_resumes_from_the_last_complete_one(tm
     assert_nothing_corrupt(run)
 
     # The lock died with its process: resume at once, and finish exactly as if never killed.
-    code, err = run_cli(["train", "--resume", str(run), "--quiet"], capsys)
+    code, _, err = run_cli(["train", "--resume", str(run), "--quiet"], capsys)
     assert code == 0, err
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]  # cleaned by the next save
     assert_identical(straight, run)
     assert_nothing_corrupt(run)
 
 
-def test_kill_9_at_any_moment_leaves_nothing_corrupt(tmp_path, capsys, data32, straight, delay=0.3):
-    runs = tmp_path / "runs"
-    argv = ["-m", "facegan.cli", "train", "--data", str(data32), "--epochs", "2", "--runs-dir", str(runs),
-            "--checkpoint-steps", "1", *TINY_ARGS]
-    child = subprocess.Popen([sys.executable, *argv], env=child_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    latest = runs / "00001-dcgan" / "checkpoints" / "latest.pt"
+# A fork server: imports facegan once (seconds), then forks one trainer per line of stdin
+# ({"argv", "log", "slow_write"}) in milliseconds, and reports its pid and, once it has ended, its
+# exit code (-9: killed). Each trainer says on its log at which step training resumed; with
+# slow_write, its first checkpoint write says so and stops half-way for a while, as on a slow
+# disk, so that a kill lands in it.
+FORK_SERVER = r"""
+import io, json, os, sys, time, traceback
+import torch
+from matplotlib.figure import Figure
+import facegan.plots, facegan.sample
+import facegan.train.checkpoint as checkpoint
+import facegan.train.loop as loop
+from facegan.cli import main
+
+# What a first run loads lazily, loaded here once: torch._dynamo (by Adam), matplotlib's fonts.
+torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+figure = Figure()
+figure.add_subplot().set_title("warm")
+figure.savefig(io.BytesIO(), format="png")
+
+def trainer(argv, log, slow_write):
+    descriptor = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(descriptor, 1)
+    os.dup2(descriptor, 2)
+    real_step, real_save = loop.train_step, checkpoint.torch.save
+    def step(state, *args, **kwargs):
+        if not step.__dict__.setdefault("said", False):
+            step.said = True
+            print(f"resumed at step {state.step}", flush=True)
+        return real_step(state, *args, **kwargs)
+    def save(obj, stream):
+        if not slow_write or save.__dict__.setdefault("done", False):
+            return real_save(obj, stream)
+        save.done = True
+        print(f"writing {os.path.basename(getattr(stream, 'name', ''))}", flush=True)
+        buffer = io.BytesIO()
+        real_save(obj, buffer)
+        data = buffer.getvalue()
+        stream.write(data[: len(data) // 2])
+        stream.flush()
+        time.sleep(2)
+        stream.write(data[len(data) // 2 :])
+    loop.train_step, checkpoint.torch.save = step, save
+    code = 1
     try:
-        deadline = time.monotonic() + 120
-        while not latest.exists() and child.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(delay)  # somewhere in training, plotting or writing
+        code = main(argv)
+    except SystemExit as exit:
+        code = exit.code if isinstance(exit.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+for line in sys.stdin:
+    pid = os.fork()
+    if pid == 0:
+        trainer(**json.loads(line))
+    print(json.dumps({"pid": pid}), flush=True)
+    print(json.dumps({"returncode": os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])}), flush=True)
+"""
+
+# Where each kill of one run falls, in order: (what it waits for, then how many seconds more).
+# ("step", n): stats.jsonl has step n (one line per step); ("write", 0): the trainer's first
+# checkpoint write is half-way (and waits there); ("start", 0): the trainer was just started.
+KILLS = [
+    ("step", 2, 0.0),  # a fresh run, in or just before step 2's checkpoint write
+    ("start", 0, 0.05),  # a resume starting up: the lock, loading the checkpoint, cutting stats.jsonl
+    ("write", 0, 0.0),  # inside a checkpoint write, half of it on disk
+    ("step", 5, 0.02),  # mid epoch 1: a step or its write
+    ("step", 6, 0.15),  # the end of epoch 1: the grid, the plots, epoch-0001.pt
+    ("write", 0, 0.0),  # inside a checkpoint write again
+    ("step", 9, 0.0),  # mid epoch 2
+    ("step", 10, 0.03),  # near the end, but not so near that the run could finish first
+]
+
+
+def read(path: Path) -> str:
+    """What a file written by a running trainer holds so far ("" before it is created)."""
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+
+
+def logged_steps(stats: Path) -> int:
+    """Steps in stats.jsonl so far (one line each, with log_every 1)."""
+    return read(stats).count("\n")
+
+
+def wait_until(condition, what: str, log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the trainer did not reach {what} within {timeout} s: {read(log)}")
+        time.sleep(0.002)
+
+
+def test_kill_9_at_any_moment_leaves_nothing_corrupt(tmp_path, capsys, data32, straight, monkeypatch):
+    """One run, killed eight times at moments spread over its 12 steps (start-up, steps, checkpoint
+    writes, the end of an epoch), each time resumed from where it stood; then finished."""
+    runs = tmp_path / "runs"
+    run, stats = runs / "00001-dcgan", runs / "00001-dcgan" / "stats.jsonl"
+    latest = run / "checkpoints" / "latest.pt"
+    server = subprocess.Popen([sys.executable, "-c", FORK_SERVER], env=child_env(), stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    step = 0  # latest.pt's step: where the next trainer resumes
+    try:
+        for i, (trigger, n, then) in enumerate(KILLS):
+            argv = (["train", "--resume", str(run), "--quiet"] if i else
+                    ["train", "--data", str(data32), "--epochs", "2", "--runs-dir", str(runs), "--checkpoint-steps", "1", *TINY_ARGS])
+            log = tmp_path / f"trainer-{i}.log"
+            server.stdin.write(json.dumps({"argv": argv, "log": str(log), "slow_write": trigger == "write"}) + "\n")
+            server.stdin.flush()
+            pid = json.loads(server.stdout.readline())["pid"]
+            if trigger == "step":
+                wait_until(lambda n=n: logged_steps(stats) >= n and latest.exists(), f"step {n}", log)
+            elif trigger == "write":
+                wait_until(lambda log=log: "writing " in read(log), "a checkpoint write", log)
+            time.sleep(then)
+            try:
+                os.kill(pid, signal.SIGKILL)  # no handler, no cleanup
+            except ProcessLookupError:
+                pass  # it ended by itself: its exit code below says how
+            returncode = json.loads(server.stdout.readline())["returncode"]
+            said = log.read_text()
+            assert returncode == -signal.SIGKILL, f"kill {i} ({trigger} {n}): the trainer exited with {returncode}: {said}"
+            # Quiet, it says only where it resumed (from latest.pt: no warning that it was damaged
+            # and an older checkpoint used instead) and where its slowed write went.
+            assert all(line == f"resumed at step {step}" or line.startswith("writing ") for line in said.splitlines()), \
+                f"kill {i}: the trainer should have resumed at step {step}: {said}"
+            if trigger == "write":  # killed half-way through: latest.pt is still the one it resumed from
+                assert load_checkpoint(latest)["step"] == step
+            assert_nothing_corrupt(run)
+            step, before = load_checkpoint(latest)["step"], step
+            assert step >= before
     finally:
-        child.kill()
-        child.communicate()
-    run = runs / "00001-dcgan"
-    assert latest.exists()
-    assert_nothing_corrupt(run)
-    code, err = run_cli(["train", "--resume", str(run), "--quiet"], capsys)
-    assert code == 0, err
+        server.kill()
+        server.communicate()
+
+    # The last resume, here, continues from the last complete checkpoint and ends as if never killed.
+    first_steps = []
+    real_step = loop.train_step
+    monkeypatch.setattr(loop, "train_step", lambda state, *a, **k: (first_steps.append(state.step), real_step(state, *a, **k))[1])
+    code, _, err = run_cli(["train", "--resume", str(run), "--quiet"], capsys)
+    assert code == 0 and err == "", err
+    assert first_steps[:1] in ([step], [])  # none: killed in the last epoch's end, after the last step
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]  # cleaned by the next save
     assert_identical(straight, run)
+    assert_nothing_corrupt(run)
+    # Each step logged once, as the uninterrupted run logged it.
+    strip = lambda path: [{k: v for k, v in r.items() if k != "images_per_s"} for r in plots.read_stats(path)]
+    assert strip(stats) == strip(straight / "stats.jsonl")
 
 
 # ----------------------------------------------------------------------------- SIGTERM, SIGINT
@@ -229,7 +318,7 @@ def test_kill_9_at_any_moment_leaves_nothing_corrupt(tmp_path, capsys, data32, s
 def test_sigterm_and_sigint_save_a_checkpoint_and_say_how_to_resume(tmp_path, capsys, data32, signum, exit_code):
     runs = tmp_path / "runs"
     argv = ["-m", "facegan.cli", "train", "--data", str(data32), "--epochs", "1000", "--runs-dir", str(runs), *TINY_ARGS]
-    child = subprocess.Popen([sys.executable, *argv], env=child_env(tmp_path), stdout=subprocess.DEVNULL,
+    child = subprocess.Popen([sys.executable, *argv], env=child_env(), stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
     stats = runs / "00001-dcgan" / "stats.jsonl"
     try:
@@ -252,7 +341,7 @@ def test_sigterm_and_sigint_save_a_checkpoint_and_say_how_to_resume(tmp_path, ca
     assert_nothing_corrupt(run)
     # It continues from there.
     epochs = checkpoint["epoch"] + 1
-    code, err = run_cli(["train", "--resume", str(run), "--epochs", str(epochs), "--quiet"], capsys)
+    code, _, err = run_cli(["train", "--resume", str(run), "--epochs", str(epochs), "--quiet"], capsys)
     assert code == 0, err
     assert load_checkpoint(run / "checkpoints" / "latest.pt")["step"] == epochs * STEPS_PER_EPOCH
 
@@ -303,7 +392,7 @@ def test_a_damaged_checkpoint_is_refused_and_resume_falls_back_to_the_previous_g
     damage(checkpoints / "epoch-0002.pt", "truncate")
     with pytest.raises(DamagedCheckpoint, match="latest.pt is damaged .*SHA-256 does not match"):
         load_checkpoint(checkpoints / "latest.pt")
-    code, err = run_cli(["train", "--resume", str(run), "--quiet"], capsys)
+    code, _, err = run_cli(["train", "--resume", str(run), "--quiet"], capsys)
     assert code == 0, err
     warnings = err.splitlines()
     assert len(warnings) == 2 and all(line.startswith("facegan: warning: ") for line in warnings)
@@ -317,7 +406,7 @@ def test_when_every_checkpoint_is_damaged_resume_says_so(tmp_path, capsys, data3
     run = train(tiny(tmp_path, data32, epochs=1), progress=False)
     for path in (run / "checkpoints").glob("*.pt"):
         damage(path, "truncate")
-    code, err = run_cli(["train", "--resume", str(run), "--quiet"], capsys)
+    code, _, err = run_cli(["train", "--resume", str(run), "--quiet"], capsys)
     assert code == 1 and err.splitlines()[-1].startswith("facegan: error: all 2 checkpoints of")
 
 
@@ -326,7 +415,7 @@ def test_a_checkpoint_without_a_hash_file_is_used_unverified_with_a_warning(tmp_
     for path in (run / "checkpoints").glob("*.sha256"):
         path.unlink()  # as a checkpoint written before hash files
     assert verify_checkpoint(run / "checkpoints" / "latest.pt") is False
-    code, err = run_cli(["train", "--resume", str(run), "--epochs", "2", "--quiet"], capsys)
+    code, _, err = run_cli(["train", "--resume", str(run), "--epochs", "2", "--quiet"], capsys)
     assert code == 0 and "has no latest.pt.sha256 (written by an older facegan); using it unverified" in err
     assert verify_checkpoint(run / "checkpoints" / "latest.pt")  # rewritten with its hash
 
@@ -367,7 +456,7 @@ def test_a_full_disk_is_one_sentence_and_the_previous_checkpoint_survives(tmp_pa
         real_open = open
         monkeypatch.setattr(loop, "open", lambda path, *a, **k: no_space() if Path(path).name == "stats.jsonl" else real_open(path, *a, **k),
                             raising=False)
-    code, err = run_cli(["train", "--resume", str(run), "--epochs", "2", "--quiet"], capsys)
+    code, _, err = run_cli(["train", "--resume", str(run), "--epochs", "2", "--quiet"], capsys)
     monkeypatch.undo()
     assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith("facegan: error: could not write") and "No space left on device" in err
@@ -466,7 +555,7 @@ def test_nan_weights_with_a_finite_loss_are_caught_before_saving(tmp_path, data3
 def test_a_huge_learning_rate_diverges_for_real_and_stops_in_one_sentence(tmp_path, capsys, data32):
     argv = ["train", "--data", str(data32), "--epochs", "2", "--runs-dir", str(tmp_path / "runs"), "--lr", "1e30",
             "--max-rollbacks", "1", *TINY_ARGS]
-    code, err = run_cli(argv, capsys)
+    code, _, err = run_cli(argv, capsys)
     lines = err.splitlines()
     assert code == 1 and "Traceback" not in err
     assert lines[0].startswith("facegan: warning: training diverged") and "rollback 1 of at most 1" in lines[0]
@@ -491,7 +580,7 @@ def test_save_checkpoint_refuses_nan_and_the_guard_reads_the_flag_only_when_aske
 def test_a_second_trainer_of_the_same_run_is_refused(tmp_path, capsys, data32):
     run = train(tiny(tmp_path, data32, epochs=1), progress=False)
     with run_lock(run):  # as a first trainer holds it (another process: see the kill -9 test)
-        code, err = run_cli(["train", "--resume", str(run), "--epochs", "2", "--quiet"], capsys)
+        code, _, err = run_cli(["train", "--resume", str(run), "--epochs", "2", "--quiet"], capsys)
     assert code == 1 and err.count("\n") == 1
     assert f"is being trained by process {os.getpid()}" in err and "train.lock" in err
     assert run_cli(["train", "--resume", str(run), "--epochs", "2", "--quiet"], capsys)[0] == 0  # released

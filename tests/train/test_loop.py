@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY, assert_identical, tiny
 from PIL import Image
 
 from facegan.config import from_preset
 from facegan.data import open_prepared
-from facegan.data.prepare import prepare
 from facegan.errors import FaceganError
 from facegan.sample import sample, sample_array
 from facegan.train import checkpoint as checkpoint_module
@@ -24,45 +24,6 @@ from facegan.train.loop import (
     train,
     train_step,
 )
-
-TINY = {"batch_size": 16, "g_width": 8, "d_width": 8, "log_every": 2, "grid_size": 16, "device": "cpu"}
-
-
-@pytest.fixture(scope="module")
-def data32(tmp_path_factory) -> Path:
-    """96 synthetic faces at 32x32: six batches of 16."""
-    return prepare("synthetic", tmp_path_factory.mktemp("data") / "s32", count=96, size=32, progress=False)
-
-
-def tiny(tmp_path: Path, data: Path, **overrides):
-    return from_preset("dcgan", data=str(data), runs_dir=str(tmp_path / "runs"), **{**TINY, **overrides})
-
-
-def state_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
-    """Every tensor a checkpoint holds, flattened, to compare two runs bit for bit."""
-    state = load_checkpoint(run_dir / "checkpoints" / "latest.pt")
-    flat = {}
-
-    def walk(prefix, value):
-        if isinstance(value, torch.Tensor):
-            flat[prefix] = value
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                walk(f"{prefix}.{key}", item)
-        elif isinstance(value, (list, tuple)):
-            for i, item in enumerate(value):
-                walk(f"{prefix}.{i}", item)
-
-    for key in ("generator", "discriminator", "opt_g", "opt_d", "noise_rng"):
-        walk(key, state[key])
-    return flat
-
-
-def assert_identical(a: Path, b: Path) -> None:
-    left, right = state_tensors(a), state_tensors(b)
-    assert left.keys() == right.keys()
-    different = [key for key in left if not torch.equal(left[key], right[key])]
-    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
 
 
 def test_to_model_input_maps_uint8_to_minus_one_one():
@@ -89,7 +50,7 @@ def test_one_training_step_updates_both_networks():
 
 
 def test_a_run_directory_holds_everything(tmp_path, data32):
-    run = train(tiny(tmp_path, data32, epochs=2), progress=False)
+    run = train(tiny(tmp_path, data32, epochs=2, log_every=2, grid_size=16), progress=False)
     assert run.name == "00001-dcgan"
     for name in ["config.json", "stats.jsonl", "fixed_noise.pt", "samples/reals.png", "samples/epoch-0001.png",
                  "samples/epoch-0002.png", "plots/losses.png", "plots/probabilities-epoch-0001.png",
