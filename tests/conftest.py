@@ -248,7 +248,7 @@ class FeatureCall:
 @pytest.fixture
 def inception_calls(monkeypatch) -> list[FeatureCall]:
     """Every Inception feature computation of the metrics (real, generated, folders), recorded as it runs."""
-    from facegan.metrics import evaluate
+    from facegan.metrics import evaluate, folders
 
     calls: list[FeatureCall] = []
     real = evaluate.features
@@ -260,6 +260,7 @@ def inception_calls(monkeypatch) -> list[FeatureCall]:
         return values
 
     monkeypatch.setattr(evaluate, "features", recording)
+    monkeypatch.setattr(folders, "features", recording)  # `facegan fid`'s folders and datasets
     return calls
 
 

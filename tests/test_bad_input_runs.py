@@ -152,12 +152,14 @@ def _rewrite_export(source: Path, out: Path, *, config: dict | None = None, drop
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"config": {"g_width": 1_000_000}}, "do not fit a dcgan generator of its own configuration (latent 100, g-width 1000000"),
-    ({"config": {"latent_dim": 1_000_000_000}}, "do not fit a dcgan generator of its own configuration (latent 1000000000"),
+    ({"config": {"g_width": 1_000_000}}, "g-width 1,000,000 is more than facegan allows (1,024)"),
+    ({"config": {"latent_dim": 1_000_000_000}}, "latent-dim 1,000,000,000 is more than facegan allows (4,096)"),
+    ({"config": {"g_width": 1024}}, "do not fit a dcgan generator of its own configuration (latent 100, g-width 1024"),
+    ({"config": {"latent_dim": 4096}}, "do not fit a dcgan generator of its own configuration (latent 4096"),
     ({"config": {"latent_dim": 1e9}}, "latent-dim must be a whole number, not 1000000000.0"),
-    ({"config": {"g_width": 10**18}}, "describes a dcgan generator that cannot be built"),
+    ({"config": {"g_width": 10**18}}, "g-width 1,000,000,000,000,000,000 is more than facegan allows"),
     ({"drop": "config"}, "lacks the metadata config that `facegan export` writes"),
-], ids=["g-width-1e6", "latent-1e9", "latent-float", "g-width-1e18", "no-config"])
+], ids=["g-width-1e6", "latent-1e9", "g-width-1024", "latent-4096", "latent-float", "g-width-1e18", "no-config"])
 def test_an_export_that_sizes_the_model_from_untrusted_numbers_is_refused_before_building(
         base, tmp_path, capsys, monkeypatch, change, message):
     bad = _rewrite_export(base["export"], tmp_path / "bad.safetensors", **change)

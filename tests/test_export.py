@@ -14,7 +14,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from facegan.errors import FaceganError
-from facegan.export import export_generator, load_exported
+from facegan.export import export_generator
+from facegan.generation import read_exported
 from facegan.sample import sample_array
 from facegan.train.checkpoint import hash_path, load_checkpoint, save_checkpoint
 from facegan.train.loop import train
@@ -62,24 +63,24 @@ def test_export_takes_the_ema_generator_when_the_checkpoint_has_one(tmp_path, ru
     ema = {name: tensor + 1 if tensor.is_floating_point() else tensor for name, tensor in checkpoint["generator"].items()}
     save_checkpoint({**checkpoint, "generator_ema": ema}, tmp_path / "with-ema.pt")
     out = export_generator(tmp_path / "with-ema.pt", tmp_path / "g.safetensors")
-    weights, _ = load_exported(out)
+    weights, _ = read_exported(out)
     assert all(torch.equal(weights[name], ema[name]) for name in ema)
     assert json.loads(out.with_suffix(".json").read_text())["weights"] == "generator_ema"
 
 
 def test_loading_a_safetensors_file_checks_what_it_holds(tmp_path, run):
     out = export_generator(run, tmp_path / "g.safetensors")
-    weights, config = load_exported(out)
+    weights, config = read_exported(out)
     # Not facegan's: no metadata.
     save_file(weights, str(tmp_path / "plain.safetensors"))
     with pytest.raises(FaceganError, match="is not a facegan generator"):
-        load_exported(tmp_path / "plain.safetensors")
+        read_exported(tmp_path / "plain.safetensors")
     # A configuration with keys this facegan does not know, or of the wrong types.
     for bad in ({**config.to_dict(), "exec": "import os"}, {**config.to_dict(), "g_width": "wide"}):
         save_file(weights, str(tmp_path / "bad.safetensors"),
                   metadata={"format": "facegan-generator", "version": "1", "config": json.dumps(bad)})
         with pytest.raises(FaceganError, match="damaged configuration|unknown configuration keys|g-width must be"):
-            load_exported(tmp_path / "bad.safetensors")
+            read_exported(tmp_path / "bad.safetensors")
     # Weights of another shape than the configuration's generator.
     save_file({**weights, next(iter(weights)): torch.zeros(3)}, str(tmp_path / "shape.safetensors"),
               metadata={"format": "facegan-generator", "version": "1", "config": json.dumps(config.to_dict())})
@@ -88,7 +89,7 @@ def test_loading_a_safetensors_file_checks_what_it_holds(tmp_path, run):
     # Bytes that are not safetensors at all.
     (tmp_path / "junk.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}" + os.urandom(64))
     with pytest.raises(FaceganError, match="is damaged or not a safetensors file"):
-        load_exported(tmp_path / "junk.safetensors")
+        read_exported(tmp_path / "junk.safetensors")
 
 
 # ----------------------------------------------------------------------------- pickles that run code

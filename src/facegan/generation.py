@@ -29,6 +29,7 @@ from torch.overrides import TorchFunctionMode
 from facegan.config import TrainConfig, validate
 from facegan.errors import FaceganError
 from facegan.models import build_models
+from facegan.models.dcgan import rename_old_keys
 from facegan.precision import Precision
 from facegan.train.checkpoint import nonfinite_tensor, resolve_checkpoint
 
@@ -252,15 +253,18 @@ def read_exported(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], Tra
         with safe_open(str(path), framework="pt", device="cpu") as file:
             metadata = file.metadata() or {}
             config = _exported_config(path, metadata)
-            expected = expected_generator(config, path).state_dict()
+            model = expected_generator(config, path)
             names = list(file.keys())  # a safe_open handle, not a dict
-            check_shapes({name: tuple(file.get_slice(name).get_shape()) for name in names}, expected, config, path)
+            shapes = {name: tuple(file.get_slice(name).get_shape()) for name in names}
+            rename_old_keys(model, shapes, "")  # files exported before the models had named blocks
+            check_shapes(shapes, model.state_dict(), config, path)
             tensors = {name: file.get_tensor(name) for name in names}
     except FileNotFoundError:
         raise FaceganError(f"{path} does not exist; give a file written by `facegan export`.") from None
     except (SafetensorError, OSError, ValueError) as error:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
         raise FaceganError(f"{path} is damaged or not a safetensors file ({first}).") from None
+    rename_old_keys(model, tensors, "")
     check_finite(tensors, path)
     return tensors, config
 

@@ -15,20 +15,20 @@ from PIL import Image
 
 from facegan.data import open_prepared
 from facegan.data.prepare import prepare
-from facegan.errors import FaceganError
+from facegan.errors import FaceganError, FaceganWarning
 from facegan.metrics import evaluate, inception
+from facegan.generation import load_generator, sampler
 from facegan.metrics.evaluate import (
     cache_key,
     cache_path,
-    evaluate_generator,
     evaluate_run,
-    fid_folders,
-    parse_metrics,
     real_features,
     real_subset,
 )
 from facegan.metrics.fid import kernel_inception_distance, precision_recall
-from facegan.sample import load_generator, sample_array
+from facegan.metrics.folders import fid_folders
+from facegan.metrics.names import parse_metrics
+from facegan.sample import sample_array
 from facegan.train.loop import train
 
 
@@ -96,17 +96,22 @@ def test_every_checkpoint_is_measured_once(run_dir, data, network, inception_cal
     assert records[0]["fid20"] != records[1]["fid20"]
 
 
-def test_evaluate_generator_is_deterministic_and_leaves_g_in_its_mode(run_dir, data, network, inception_calls):
+def test_evaluating_a_generators_sampler_is_deterministic_and_leaves_g_in_its_mode(run_dir, data, network, inception_calls):
     generator, config = load_generator(run_dir, torch.device("cpu"))
     generator.train()
-    first = evaluate_generator(generator, config.latent_dim, data, ["kid8", "fid8"], seed=3, network=network)
+    first = evaluate.evaluate(sampler(generator, config.latent_dim), data, ["kid8", "fid8"], seed=3, network=network)
     assert generator.training and set(first) == {"kid8", "kid8_std", "fid8"}
     # Measured in eval mode on the images of seed 3, whatever mode G was in.
     real = real_features(open_prepared(data), 8, network)
     fake = features_of(inception_calls, sample_array(run_dir, 8, seed=3, device="cpu", precision="fp32"))
     assert first["fid8"] == pytest.approx(fid_of(real, fake), rel=FID_REL)
     assert (first["kid8"], first["kid8_std"]) == pytest.approx(kernel_inception_distance(real, fake, seed=3))
-    assert evaluate_generator(generator, config.latent_dim, str(data), "kid8,fid8", seed=3) == pytest.approx(first)
+    assert evaluate.evaluate(sampler(generator, config.latent_dim, batch_size=3), str(data), "kid8,fid8", seed=3,
+                             device="cpu") == pytest.approx(first)
+    # any sampling function: the same images as one array measure the same
+    images = sample_array(run_dir, 8, seed=3, device="cpu", precision="fp32")
+    assert evaluate.evaluate(lambda count, seed: images[:count], data, "kid8,fid8", seed=3, network=network) == \
+        pytest.approx(first)
 
 
 def test_reference_features_are_cached_under_their_key_and_reused(data, network, monkeypatch):
@@ -120,15 +125,15 @@ def test_reference_features_are_cached_under_their_key_and_reused(data, network,
     np.testing.assert_array_equal(real_features(dataset, 8, network), first)
 
 
-def test_cached_features_of_other_settings_are_refused(data, network, inception_calls, capsys):
+def test_cached_features_of_other_settings_are_refused(data, network, inception_calls):
     dataset = open_prepared(data)
     key = cache_key(dataset, 6, network)
     stale = {**key, "network": "0" * 64}  # e.g. a file copied from a machine with another network
     cache_path(key).parent.mkdir(parents=True, exist_ok=True)
     with open(cache_path(key), "wb") as stream:
         np.savez(stream, key=np.array(json.dumps(stale)), features=np.zeros((6, 2048), np.float32))
-    values = real_features(dataset, 6, network)
-    assert "were made with a different network; computing them again" in capsys.readouterr().err
+    with pytest.warns(FaceganWarning, match="were made with a different network; computing them again"):
+        values = real_features(dataset, 6, network)
     # Computed again, by the network, from the six images of the subset; not the stale zeros.
     assert values.shape == (6, 2048) and values.any()
     np.testing.assert_array_equal(values, features_of(inception_calls, dataset.take(real_subset(dataset, 6))))

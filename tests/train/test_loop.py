@@ -16,14 +16,12 @@ from facegan.data import open_prepared
 from facegan.errors import FaceganError
 from facegan.sample import sample, sample_array
 from facegan.train import checkpoint as checkpoint_module
+from facegan.train.batches import to_model_input
 from facegan.train.checkpoint import load_checkpoint, save_checkpoint
-from facegan.train.loop import (
-    build_state,
-    resume_config,
-    to_model_input,
-    train,
-    train_step,
-)
+from facegan.train.loop import train
+from facegan.train.rundir import resume_config
+from facegan.train.state import build_state
+from facegan.train.step import train_step
 
 
 def test_to_model_input_maps_uint8_to_minus_one_one():
@@ -86,7 +84,7 @@ def test_resume_from_an_epoch_boundary_is_bit_identical(tmp_path, data32):
 def test_resume_mid_epoch_after_a_crash_is_bit_identical(tmp_path, data32):
     straight = train(tiny(tmp_path / "a", data32, epochs=2), progress=False)
     # A crash at step 9 (mid epoch 2), with latest.pt last refreshed at step 8.
-    crashed = train(tiny(tmp_path / "b", data32, epochs=2, checkpoint_every_steps=4), progress=False, stop_after_steps=9)
+    crashed = train(tiny(tmp_path / "b", data32, epochs=2, checkpoint_every_steps=4), progress=False, abort_fn=lambda state: state.step >= 9)
     assert load_checkpoint(crashed / "checkpoints" / "latest.pt")["step"] == 8
     resumed = train(resume_config(crashed, {}), resume=crashed, progress=False)
     assert_identical(straight, resumed)

@@ -24,11 +24,15 @@ from facegan import viz
 from facegan.config import PRESETS, from_preset
 from facegan.data import open_prepared
 from facegan.errors import FaceganError
+from facegan.generation import generate, load_generator
 from facegan.metrics.evaluate import real_features
 from facegan.metrics.fid import precision_recall
-from facegan.sample import load_generator, sample_array
+from facegan.sample import sample_array
 from facegan.train.checkpoint import load_checkpoint
-from facegan.train.loop import build_state, generate, resume_config, train, train_step
+from facegan.train.loop import train
+from facegan.train.rundir import resume_config
+from facegan.train.state import build_state
+from facegan.train.step import train_step
 
 
 def records(run_dir: Path) -> list[dict]:
@@ -70,7 +74,7 @@ def test_the_facegan_preset_resumes_mid_epoch_bit_identically(tmp_path, data32):
     """EMA, flips, spectral norm and the learning-rate schedule all survive a crash exactly."""
     straight = train(tiny(tmp_path / "a", data32, "facegan", epochs=2), progress=False)
     crashed = train(tiny(tmp_path / "b", data32, "facegan", epochs=2, checkpoint_every_steps=4), progress=False,
-                    stop_after_steps=9)
+                    abort_fn=lambda state: state.step >= 9)
     resumed = train(resume_config(crashed, {}), resume=crashed, progress=False)
     assert "generator_ema" in load_checkpoint(resumed / "checkpoints" / "latest.pt")
     assert_identical(straight, resumed)
@@ -129,7 +133,7 @@ def test_diffaugment_trains_and_is_deterministic(tmp_path, data32):
     def trained(name: str, **augment) -> dict:
         """G after three steps (a step checkpoint): enough to see what augmentation changes."""
         config = tiny(tmp_path / name, data32, "dcgan", epochs=1, checkpoint_every_steps=3, **augment)
-        return load_checkpoint(train(config, progress=False, stop_after_steps=3) / "checkpoints" / "latest.pt")["generator"]
+        return load_checkpoint(train(config, progress=False, abort_fn=lambda state: state.step >= 3) / "checkpoints" / "latest.pt")["generator"]
 
     a, b = trained("a", augment="color,translation,cutout"), trained("b", augment="color,translation,cutout")
     assert all(torch.equal(a[name], b[name]) for name in a)

@@ -454,6 +454,18 @@ def _write(plan: Plan, options: DecodeOptions, directory: Path, workers: int, pr
     names = [plan.names[i] for i in kept] if plan.kind != "synthetic" else [f"{plan.seed}/{i}" for i in kept]
     write_filenames(directory / "filenames.txt", names)
 
+    manifest = _manifest(plan, options, written, labels, "sha256:" + digest.hexdigest(), skipped,
+                         {"source_sizes": source_sizes, "upscaled": upscaled, "started": started})
+    with open(directory / MANIFEST, "w", encoding="utf-8") as stream:
+        json.dump(manifest, stream, indent=1)
+        stream.flush()
+        os.fsync(stream.fileno())
+    return manifest
+
+
+def _manifest(plan: Plan, options: DecodeOptions, written: int, labels: dict, content_hash: str, skipped: list,
+              measured: dict) -> dict:
+    """dataset.json's record of how the dataset was made: source, layout, crop, size, filter, what was skipped."""
     manifest = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
@@ -462,27 +474,23 @@ def _write(plan: Plan, options: DecodeOptions, directory: Path, workers: int, pr
         "layout": plan.layout,
         "split": plan.info.pop("split", "all"),
         "count": written,
-        "size": size,
-        "crop": _crop_record(options, source_sizes),
+        "size": options.size,
+        "crop": _crop_record(options, measured["source_sizes"]),
         "resize_filter": f"PIL {options.filter}, antialiased",
         "jpeg_draft": options.jpeg_draft,
         "attribute_names": plan.attribute_names,
         "labels": sorted(labels),
-        "content_hash": "sha256:" + digest.hexdigest(),
+        "content_hash": content_hash,
         "hash_covers": "images.npy rows, then attributes.npy and attribute names when present",
         "skipped": skipped,
-        "upscaled_images": upscaled,
+        "upscaled_images": measured["upscaled"],
         "filenames_escaping": ESCAPING,
         **plan.info,
-        "seconds": round(time.perf_counter() - started, 2),
+        "seconds": round(time.perf_counter() - measured["started"], 2),
         "facegan_version": __version__,
     }
     if plan.kind == "synthetic":  # rendered at the output size: nothing was cropped or resized
         manifest.update(seed=plan.seed, renderer="facegan.data.synthetic", crop=None, resize_filter=None, jpeg_draft=None)
-    with open(directory / MANIFEST, "w", encoding="utf-8") as stream:
-        json.dump(manifest, stream, indent=1)
-        stream.flush()
-        os.fsync(stream.fileno())
     return manifest
 
 

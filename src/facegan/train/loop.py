@@ -121,14 +121,15 @@ def train(config: TrainConfig, *, resume: Path | None = None, progress: bool = T
             saving = bool(run_dir is not None and update_g and config.checkpoint_every_steps
                           and state.step % config.checkpoint_every_steps == 0)
             epoch_done = state.batch_in_epoch == steps_per_epoch
-            snapshot = state.to_checkpoint(config, run.fixed_noise) if saving or stop else None
-            diverged = guard.check(read=saving or bool(stop) or logging_now, checkpoint=snapshot)
+            stopping = bool(stop)  # read once: a signal between two reads would find no checkpoint made
+            snapshot = state.to_checkpoint(config, run.fixed_noise) if saving or stopping else None
+            diverged = guard.check(read=saving or stopping or logging_now, checkpoint=snapshot)
             if not diverged:
                 meter.observe(out, state, config, len(images), logging_now, run_dir)
                 if saving:
                     save_checkpoint(snapshot, checkpoint_dir(run_dir) / LATEST)
                     run.last_good = checkpoint_dir(run_dir) / LATEST
-                if stop:
+                if stopping:
                     _stop_at_signal(stop, state, snapshot, run_dir, saved=saving, meter=meter)
                 if epoch_done:  # every weight is checked before the epoch's grid and checkpoints are made
                     diverged = _finish_epoch(state, config, run, guard)
