@@ -16,8 +16,8 @@ from PIL import Image
 from facegan.data import open_prepared
 from facegan.data.prepare import prepare
 from facegan.errors import FaceganError, FaceganWarning
-from facegan.metrics import evaluate, inception
 from facegan.generation import load_generator, sampler
+from facegan.metrics import evaluate, inception
 from facegan.metrics.evaluate import (
     cache_key,
     cache_path,
