@@ -27,6 +27,7 @@ from PIL import Image
 
 from facegan.cli import main
 from facegan.data import open_prepared
+from facegan.data import sources
 from facegan.data.prepare import prepare
 from facegan.data.prepared import escape_name, unescape_name
 
@@ -400,3 +401,45 @@ def test_a_symlink_loop_is_one_sentence(tmp_path, capsys):
     refused(["prepare", faces, "--out", tmp_path / "a" / "out", *PREPARE], capsys, loop)
     refused(["prepare", faces, "--out", tmp_path / "b", *PREPARE], capsys, loop)
     assert snapshot(tmp_path) == before
+
+
+# ----------------------------------------------------------------------------- what is read as an image
+
+
+def test_a_zip_member_larger_than_an_image_is_skipped_before_it_is_read(tmp_path, capsys, monkeypatch):
+    """A 1 MB zip can declare a 1 GiB member: its declared size is checked first, and no more than the limit is read."""
+    monkeypatch.setattr(sources, "MAX_IMAGE_BYTES", 1 << 20)  # 1 MiB here, 256 MiB by default (forked workers see it)
+    folder = images(tmp_path / "faces")
+    with zipfile.ZipFile(tmp_path / "faces.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(folder.iterdir()):
+            archive.write(path, f"faces/{path.name}")
+        archive.writestr("faces/huge.jpg", b"\xff\xd8\xff\xe0" + bytes(8 << 20))  # 8 MiB of zeros: a few KB packed
+        archive.writestr("faces/text.png", b"not an image at all, whatever its name says")
+    assert (tmp_path / "faces.zip").stat().st_size < 100_000
+    reads = []
+    real_read = sources.ZipTree.read
+    monkeypatch.setattr(sources.ZipTree, "read", lambda self, rel: reads.append(rel) or real_read(self, rel))
+    code, lines = run(["prepare", tmp_path / "faces.zip", "--out", tmp_path / "out", *PREPARE], capsys)
+    assert code == 0, lines
+    manifest = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    reasons = {entry["file"]: entry["reason"] for entry in manifest["skipped"]}
+    assert manifest["count"] == 3 and set(reasons) == {"faces/huge.jpg", "faces/text.png"}
+    assert "it is 8 MiB, more than the 1 MiB facegan reads as one image" in reasons["faces/huge.jpg"]
+    assert "its first bytes are not those of a JPEG, PNG, WebP or BMP file" in reasons["faces/text.png"]
+    assert reads == []  # images are streamed through read_image, never read whole unchecked
+
+
+def test_an_image_stream_never_yields_more_than_the_limit(tmp_path):
+    """Even when a member holds more than it declares, read_image stops at the limit."""
+    tree = sources.DirTree(tmp_path)
+    (tmp_path / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(5000))
+    assert len(tree.read_image("a.png", limit=6000)) == 5008
+    with pytest.raises(sources.Unreadable, match="it is 5 KiB, more than the 4 KiB facegan reads as one image"):
+        tree.read_image("a.png", limit=4000)
+
+    class Lying(sources.DirTree):
+        def size(self, rel: str) -> int:
+            return 10  # as a forged zip header could declare
+
+    with pytest.raises(sources.Unreadable, match="it holds more than the 4 KiB facegan reads as one image"):
+        Lying(tmp_path).read_image("a.png", limit=4000)

@@ -106,6 +106,13 @@ def test_a_grid_of_ten_million_is_refused_before_anything_is_drawn(base, tmp_pat
     assert "give a folder as --out" in err and not out.exists()
 
 
+def test_samples_are_never_written_into_a_prepared_dataset(base, capsys):
+    """A folder of PNGs inside a dataset would mix with its files (and a later prepare --force would delete them)."""
+    code, _, err = run_cli(["sample", base["run"], "-n", "4", "--out", base["data"], "--device", "cpu", "--quiet"], capsys)
+    one_sentence(code, err, f"--out {base['data']} is a prepared dataset; write the samples into a folder of their own")
+    assert not list(base["data"].glob("*.png"))  # and the autouse check: nothing in it changed
+
+
 def test_a_folder_streams_latents_a_chunk_at_a_time_and_keeps_the_seeds_images(base, tmp_path, capsys, monkeypatch):
     drawn: list[int] = []
     randn = torch.randn

@@ -14,6 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from facegan import viz
+from facegan.data.prepared import MANIFEST
 from facegan.errors import FaceganError
 from facegan.files import reporting_disk_errors
 from facegan.generation import generate, latent_batches, load_generator
@@ -45,6 +46,9 @@ def sample(
     if out.exists() and not out.is_dir():
         raise FaceganError(f"{out} is a file; give a folder for one PNG per image, or a name ending in .png for a grid.")
     out = output_dir(out, "--out")
+    if (out / MANIFEST).exists():  # its PNGs would sit among the dataset's files, and a --force prepare would delete them
+        raise FaceganError(f"--out {out} is a prepared dataset; write the samples into a folder of their own, "
+                           f"such as {out.parent / (out.name + '-samples')}.")
     torch_device = resolve_device(device)
     generator, config = load_generator(source, torch_device)
     _make_dir(out)

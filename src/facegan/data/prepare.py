@@ -138,7 +138,7 @@ def _decode_chunk(task: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, list, 
     kept, images, skipped, sizes = [], [], [], []
     for i in range(start, stop):
         try:
-            image, source_size = decode_image(plan.tree.read(plan.files[i]), options)
+            image, source_size = decode_image(plan.tree.read_image(plan.files[i]), options)
         except SkipImage as reason:
             skipped.append((i, str(reason)))
             continue

@@ -8,9 +8,39 @@ from __future__ import annotations
 
 import os
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from facegan.errors import FaceganError
+
+# The largest file read as one image (a zip can declare a 1 GiB member in 1 MB): larger ones are
+# skipped, from their declared size, before a byte is read. A 6000x4000 JPEG is about 10 MB.
+MAX_IMAGE_BYTES = 256 * 2**20
+# The first bytes of the formats facegan prepares (data/images.py's IMAGE_SUFFIXES).
+_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM")
+
+
+class Unreadable(OSError):
+    """A file that is not read as an image (too large, or not an image by its first bytes); str() says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.strerror = reason
+
+
+def _bytes(count: int) -> str:
+    """A size as people read it: 8 MiB, 40 KiB, 300 bytes."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= scale:
+            return f"{count / scale:,.0f} {unit}"
+    return f"{count} bytes"
+
+
+def looks_like_an_image(head: bytes) -> bool:
+    """Whether a file's first 12 bytes begin a JPEG, PNG, BMP or WebP."""
+    return head.startswith(_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
 
 # Folders and files that operating systems and archivers add beside real content.
 _JUNK_PARTS = {"__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini"}
@@ -44,6 +74,31 @@ class SourceTree:
         """A path a user can recognise, for messages and manifests."""
         return str(self.path / rel)
 
+    def size(self, rel: str) -> int:
+        """The size of one file in bytes (a zip member's declared size)."""
+        raise NotImplementedError
+
+    @contextmanager
+    def open(self, rel: str) -> Iterator[BinaryIO]:
+        """One file as a stream of bytes."""
+        raise NotImplementedError
+        yield
+
+    def read_image(self, rel: str, limit: int | None = None) -> bytes:
+        """The bytes of an image file: its size and first bytes checked before the rest is read, at most `limit` bytes."""
+        limit = MAX_IMAGE_BYTES if limit is None else limit
+        size = self.size(rel)
+        if size > limit:
+            raise Unreadable(f"it is {_bytes(size)}, more than the {_bytes(limit)} facegan reads as one image")
+        with self.open(rel) as stream:
+            head = stream.read(12)
+            if not looks_like_an_image(head):
+                raise Unreadable("its first bytes are not those of a JPEG, PNG, WebP or BMP file")
+            data = head + stream.read(limit + 1 - len(head))  # never more than the limit, whatever was declared
+        if len(data) > limit:
+            raise Unreadable(f"it holds more than the {_bytes(limit)} facegan reads as one image")
+        return data
+
 
 class DirTree(SourceTree):
     """The files under a directory, recursively, following symlinks to files."""
@@ -63,6 +118,14 @@ class DirTree(SourceTree):
 
     def read(self, rel: str) -> bytes:
         return (self.path / rel).read_bytes()
+
+    def size(self, rel: str) -> int:
+        return (self.path / rel).stat().st_size
+
+    @contextmanager
+    def open(self, rel: str) -> Iterator[BinaryIO]:
+        with open(self.path / rel, "rb") as stream:
+            yield stream
 
 
 class ZipTree(SourceTree):
@@ -95,6 +158,14 @@ class ZipTree(SourceTree):
 
     def read(self, rel: str) -> bytes:
         return self._archive().read(rel)
+
+    def size(self, rel: str) -> int:
+        return self._archive().getinfo(rel).file_size
+
+    @contextmanager
+    def open(self, rel: str) -> Iterator[BinaryIO]:
+        with self._archive().open(rel) as stream:
+            yield stream
 
     def describe(self, rel: str) -> str:
         return f"{self.path}:{rel}"
