@@ -26,8 +26,7 @@ from conftest import ROOT
 from PIL import Image
 
 from facegan.cli import main
-from facegan.data import open_prepared
-from facegan.data import sources
+from facegan.data import open_prepared, sources
 from facegan.data.prepare import prepare
 from facegan.data.prepared import escape_name, unescape_name
 
