@@ -308,7 +308,7 @@ def test_out_of_memory_while_sampling_names_the_batch_size_to_lower(base, tmp_pa
     def out_of_memory(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(sample, "generate", out_of_memory)
+    monkeypatch.setattr(generation, "generate", out_of_memory)  # what sample.sampler runs
     code, _, err = run_cli(["sample", base["run"], "-n", "8", "--out", tmp_path / "faces", "--batch-size", "8",
                             "--device", "cpu", "--quiet"], capsys)
     one_sentence(code, err, "the GPU ran out of memory generating 8 images at once; lower --batch-size (say to 2)")

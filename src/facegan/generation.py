@@ -105,11 +105,13 @@ def generate(generator: nn.Module, z: torch.Tensor, batch_size: int = 256, preci
     was_training = generator.training
     generator.eval()
     autocast = precision.autocast if precision is not None else contextlib.nullcontext
-    conditions = labels.split(batch_size) if labels is not None else [None] * len(z.split(batch_size))
+    chunks = z.split(batch_size)
+    conditions = labels.split(batch_size) if labels is not None else [None] * len(chunks)
     try:
         with torch.inference_mode(), autocast():
+            # an unconditional call for c None: any generator module works here, not only facegan's
             return np.concatenate([to_uint8(generator(chunk) if c is None else generator(chunk, c))
-                                   for chunk, c in zip(z.split(batch_size), conditions)])
+                                   for chunk, c in zip(chunks, conditions)])
     finally:
         generator.train(was_training)
 

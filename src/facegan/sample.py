@@ -17,7 +17,7 @@ from facegan import viz
 from facegan.data.prepared import MANIFEST
 from facegan.errors import FaceganError
 from facegan.files import reporting_disk_errors
-from facegan.generation import generate, latent_batches, load_generator
+from facegan.generation import load_generator, sampler
 from facegan.paths import output_dir, output_file
 from facegan.precision import resolve_precision
 from facegan.runtime import out_of_memory_as_error, resolve_device
@@ -55,10 +55,10 @@ def sample(
     fast = resolve_precision(precision, torch_device)
     width = max(6, len(str(count - 1)))
     index = 0
-    batches = latent_batches(count, config.latent_dim, seed, batch_size, torch_device)
+    batches = sampler(generator, config.latent_dim, batch_size=batch_size, precision=fast)(count, seed)
     with _out_of_memory(batch_size):
-        for z in tqdm(batches, total=math.ceil(count / batch_size), desc="sample", unit="batch", disable=not progress):
-            for image in generate(generator, z, batch_size, fast):
+        for images in tqdm(batches, total=math.ceil(count / batch_size), desc="sample", unit="batch", disable=not progress):
+            for image in images:
                 _save_png(image, out / f"{index:0{width}d}.png")
                 index += 1
     return out
@@ -74,8 +74,7 @@ def sample_array(source: str | Path, count: int, *, seed: int = 0, device: str =
     generator, config = load_generator(source, torch_device)
     fast = resolve_precision(precision, torch_device)
     with _out_of_memory(batch_size):
-        return np.concatenate([generate(generator, z, batch_size, fast)
-                               for z in latent_batches(count, config.latent_dim, seed, batch_size, torch_device)])
+        return np.concatenate(list(sampler(generator, config.latent_dim, batch_size=batch_size, precision=fast)(count, seed)))
 
 
 def _out_of_memory(batch_size: int) -> contextlib.AbstractContextManager[None]:
