@@ -16,7 +16,7 @@ from facegan.train import schedule
 
 # Every flag of `facegan train` before its options were generated, and the field each sets.
 TODAYS_FIELD_FLAGS = {
-    "--data": "data", "--epochs": "epochs", "--batch-size": "batch_size", "--latent-dim": "latent_dim",
+    "--data": "data", "--condition": "condition", "--balance": "balance", "--epochs": "epochs", "--batch-size": "batch_size", "--latent-dim": "latent_dim",
     "--g-width": "g_width", "--d-width": "d_width", "--lr-g": "lr_g", "--lr-d": "lr_d", "--seed": "seed",
     "--device": "device", "--runs-dir": "runs_dir", "--precision": "precision", "--compile": "compile",
     "--synthetic-count": "synthetic_count", "--checkpoint-every": "checkpoint_every_epochs",
@@ -71,7 +71,7 @@ def test_every_option_field_has_exactly_one_flag_whose_help_names_its_default():
         elif isinstance(default, bool):
             expected = f"(default {'on' if default else 'off'})"
         else:
-            expected = f"(default {'none' if default == '' else f'{default:g}' if isinstance(default, float) else default})"
+            expected = f"(default {'none' if default in ('', ()) else f'{default:g}' if isinstance(default, float) else default})"
         assert _help(action.option_strings[0]).endswith(expected), (field.name, _help(action.option_strings[0]))
     assert _help("--epochs") == "epochs in total (default 5)"
     assert _help("--checkpoint-every").endswith("0 = latest only (default 1)")
@@ -93,7 +93,8 @@ def _value(field: dataclasses.Field) -> tuple[list[str], object]:
         return [], True
     if "choices" in meta:
         return [meta["choices"]()[-1]], meta["choices"]()[-1]
-    return {"positive": (["3"], 3), "natural": (["2"], 2), "float": (["0.25"], 0.25)}.get(meta.get("type"), (["x"], "x"))
+    return {"positive": (["3"], 3), "natural": (["2"], 2), "float": (["0.25"], 0.25),
+            "names": (["x, y"], ("x", "y"))}.get(meta.get("type"), (["x"], "x"))
 
 
 @pytest.mark.parametrize("field", _option_fields(), ids=lambda field: field.name)

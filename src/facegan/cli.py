@@ -62,7 +62,12 @@ def _natural_int(text: str) -> int:
     return value
 
 
-_TYPES = {"positive": _positive_int, "natural": _natural_int, "float": float}  # TrainConfig's metadata "type"
+def _names(text: str) -> tuple[str, ...]:
+    """'Smiling, Male' -> ('Smiling', 'Male'); config.validate judges the names."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+_TYPES = {"positive": _positive_int, "natural": _natural_int, "float": float, "names": _names}  # TrainConfig's metadata "type"
 _GROUPS = {"recipe": "beyond DCGAN (each preset sets these; options override it)"}
 
 
@@ -72,6 +77,8 @@ def _shown(value: object) -> str:
         return "on" if value else "off"
     if isinstance(value, float):
         return f"{value:g}"
+    if isinstance(value, tuple):
+        return ",".join(map(str, value)) or "none"
     return str(value) if value != "" else "none"
 
 
@@ -244,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--precision", default="auto", choices=_choices("precision"), metavar="PRECISION",
                         help="number format of G's arithmetic: %(choices)s (default auto: bf16 where the hardware "
                              "runs it natively)")
+    sample.add_argument("--attrs", default=None, metavar="NAME=0|1,...",
+                        help="for a run trained with --condition: the attribute values to generate, e.g. "
+                             "Smiling=1,Male=0; those left unnamed are drawn from the training labels that match")
     sample.add_argument("--quiet", action="store_true", help="no progress bar")
     sample.set_defaults(handler=run_sample)
 
@@ -343,7 +353,7 @@ def run_sample(args: argparse.Namespace) -> None:
     from facegan.sample import sample
 
     out = sample(args.run, args.n, args.out, seed=args.seed, device=args.device, batch_size=args.batch_size,
-                 progress=not args.quiet, precision=args.precision)
+                 progress=not args.quiet, precision=args.precision, attrs=args.attrs)
     if not args.quiet:
         print(f"wrote {args.n} images to {out}", file=sys.stderr)
 

@@ -63,7 +63,7 @@ def _compile_modes() -> tuple[str, ...]:
 #   flag      the option's name, when it is not --name-with-dashes
 #   metavar   the value's name in the help, when it is not the field's name
 #   type      how the value is read: "positive" (a whole number > 0), "natural" (>= 0), "float",
-#             "bool" (an --x/--no-x pair); none: text
+#             "bool" (an --x/--no-x pair), "names" (comma-separated, a tuple); none: text
 #   choices   a function giving the names the value may take (a registry's keys)
 #   subset_of a function giving the names a comma-separated value may combine
 #   unset     what the default None means, for the help
@@ -87,6 +87,13 @@ class TrainConfig:
     data: str | None = _option(None, "a prepared dataset, from `facegan prepare`", unset="built-in synthetic faces")
     synthetic_count: int = _option(10_240, "synthetic faces when no --data", type="positive")
     resolution: int | None = None  # None: the data's; fixed in config.json once a run starts
+    # Attributes of the data: G(z, c) and D(x, c) are conditioned on `condition` (conditional
+    # BatchNorm and a projection head), and `balance` draws every combination of its attributes
+    # equally often (with replacement), so that a rare group is seen as often as a common one.
+    condition: tuple[str, ...] = _option((), "attributes to condition G and D on, e.g. Smiling,Male,Eyeglasses",
+                                         metavar="ATTRS", type="names")
+    balance: tuple[str, ...] = _option((), "attributes whose every combination is drawn equally often, e.g. Pale_Skin",
+                                       metavar="ATTRS", type="names")
     # Model: DCGAN of Radford et al.; width is the channel count of G's last and D's first layer.
     model: str = _option("dcgan", "model family", choices=_models, group="recipe")
     latent_dim: int = _option(100, "latent vector size; 128 is common", type="positive")
@@ -158,7 +165,8 @@ class TrainConfig:
     def to_dict(self) -> dict:
         """Plain JSON data."""
         data = dataclasses.asdict(self)
-        data["betas"] = list(self.betas)
+        for name in ("betas", *NAME_LISTS):
+            data[name] = list(getattr(self, name))
         return data
 
     @classmethod
@@ -173,6 +181,11 @@ class TrainConfig:
             if not isinstance(data["betas"], (list, tuple)):
                 raise FaceganError(f"betas must be two numbers in [0, 1), not {data['betas']!r}.")
             data["betas"] = tuple(data["betas"])
+        for name in NAME_LISTS:
+            if name in data:
+                if not isinstance(data[name], (list, tuple)) or not all(isinstance(v, str) for v in data[name]):
+                    raise FaceganError(f"{name} must be a list of attribute names, not {data[name]!r}.")
+                data[name] = tuple(data[name])
         return cls(**data)
 
     def save(self, path: str | Path) -> None:
@@ -191,6 +204,9 @@ class TrainConfig:
             raise FaceganError(f"the configuration {path} is damaged: it holds a JSON {type(data).__name__}, not an object.")
         return cls.from_dict(data)
 
+
+# Fields that hold attribute names: a tuple here, a list in JSON, comma-separated on the command line.
+NAME_LISTS = ("condition", "balance")
 
 # Each preset holds only what differs from TrainConfig's defaults.
 PRESETS: dict[str, dict] = {
@@ -230,7 +246,8 @@ RESOLUTIONS = (8, 16, 32, 64, 128, 256, 512, 1024)
 
 # Settings that must not change when a run is resumed: they decide the models' shapes or the
 # meaning of the saved optimizer state.
-RESUME_FIXED = ("model", "latent_dim", "g_width", "d_width", "d_norm", "spectral_norm", "resolution", "loss", "batch_size", "seed", "data", "synthetic_count")
+RESUME_FIXED = ("model", "latent_dim", "g_width", "d_width", "d_norm", "spectral_norm", "resolution", "loss", "batch_size", "seed", "data", "synthetic_count",
+                "condition", "balance")
 
 
 def from_preset(name: str, **overrides) -> TrainConfig:
@@ -305,6 +322,13 @@ def validate(config: TrainConfig) -> None:
         from facegan.metrics.names import parse_metrics
 
         parse_metrics(config.evaluate)  # one sentence for a bad name, before any training
+    for name in NAME_LISTS:
+        names = getattr(config, name)
+        flag = name.replace("_", "-")
+        if any(not isinstance(n, str) or not n or n != n.strip() or "," in n for n in names):
+            raise FaceganError(f"{flag} must name attributes, separated by commas, not {','.join(map(str, names))!r}.")
+        if twice := sorted({n for n in names if names.count(n) > 1}):
+            raise FaceganError(f"{flag} names {', '.join(twice)} more than once.")
     if config.precision not in _precisions():
         raise FaceganError(f"precision must be {_either(_precisions())}, not {config.precision!r}.")
     if config.compile not in COMPILE_MODES:

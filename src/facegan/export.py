@@ -38,7 +38,8 @@ def export_generator(source: str | os.PathLike, out: str | os.PathLike) -> Path:
     # Own contiguous copies: safetensors refuses tensors that share memory or are strided views.
     tensors = {name: tensor.detach().to("cpu").contiguous().clone() for name, tensor in checkpoint[weights].items()}
     description = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "weights": weights,
-                   "epoch": checkpoint.get("epoch"), "step": checkpoint.get("step"), "config": config.to_dict()}
+                   "epoch": checkpoint.get("epoch"), "step": checkpoint.get("step"), "config": config.to_dict(),
+                   **({"labels": checkpoint["labels"]} if config.condition and "labels" in checkpoint else {})}
     metadata = {key: value if isinstance(value, str) else json.dumps(value) for key, value in description.items()}
     # Serialised in memory and written by us: safetensors' own save_file makes the file private (0o600).
     _write_atomically(out, lambda temporary: temporary.write_bytes(save(tensors, metadata=metadata)))

@@ -3,18 +3,22 @@
 - `latents(count, dim, seed)`: the same latent vectors for a seed on any device; `latent_batches` the
   same vectors a batch at a time, drawn `LATENT_CHUNK` at a time, so no count is held at once.
 - `generate(G, z)`: images as a saved PNG holds them, in eval mode.
-- `sampler(G, dim)`: a sampling function `(count, seed) -> uint8 batches`, what metrics take.
+- `sampler(G, dim)`: a sampling function `(count, seed) -> uint8 batches`, what metrics take; for a
+  conditional G with its `LabelTable`, the labels are drawn from the seed as well (any values in
+  `fixed`, the rest from the training labels that match).
 - `load_generator(source)`: the G to sample from in a run directory, a checkpoint or an exported
   .safetensors file (its moving average when the run keeps one). Nothing is sized from a file's
   numbers before they are checked: the configuration is validated, the weights' names and shapes
   are compared with the generator it describes (built on the meta device, where nothing is
-  allocated), and weights holding NaN or infinity are refused.
+  allocated), and weights holding NaN or infinity are refused. `load_label_table(source)`: a
+  conditional run's training labels, from the same places.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -26,7 +30,8 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from facegan.config import TrainConfig, validate
+from facegan.conditions import LabelTable
+from facegan.config import NAME_LISTS, TrainConfig, validate
 from facegan.errors import FaceganError
 from facegan.models import build_models
 from facegan.models.dcgan import rename_old_keys
@@ -116,17 +121,24 @@ def generate(generator: nn.Module, z: torch.Tensor, batch_size: int = 256, preci
         generator.train(was_training)
 
 
-def sampler(generator: nn.Module, latent_dim: int, *, batch_size: int = 500, precision: Precision | None = None) -> SampleFn:
+def sampler(generator: nn.Module, latent_dim: int, *, batch_size: int = 500, precision: Precision | None = None,
+            labels: LabelTable | None = None, fixed: Mapping[str, bool] | None = None) -> SampleFn:
     """The sampling function of a generator: `(count, seed)` -> batches of at most `batch_size` uint8 images.
 
     Latents come from `latent_batches` (so a seed and count mean the same images at any batch
     size) and images are made a batch at a time: memory is bounded by the batch, not the count.
+    A conditional G needs its training `labels`: each image's condition is drawn from them for
+    the seed (`fixed` values held), all `count` at once (K floats an image), then split likewise.
     """
     device = next(generator.parameters()).device
+    if labels is None and getattr(generator, "num_attributes", 0):
+        raise ValueError("a conditional generator samples with its training labels (labels=LabelTable)")
 
     def sample(count: int, seed: int) -> Iterator[np.ndarray]:
-        return (generate(generator, z, batch_size, precision=precision)
-                for z in latent_batches(count, latent_dim, seed, batch_size, device))
+        conditions = (torch.from_numpy(labels.draw(count, seed, fixed)).split(batch_size) if labels is not None
+                      else itertools.repeat(None))
+        return (generate(generator, z, batch_size, precision=precision, labels=c if c is None else c.to(device))
+                for z, c in zip(latent_batches(count, latent_dim, seed, batch_size, device), conditions))
 
     return sample
 
@@ -158,6 +170,35 @@ def load_generator(source: str | os.PathLike, device: torch.device | str = "cpu"
             weights = checkpoint["generator_ema"]
     generator = build_generator(config, weights, path)
     return generator.to(device, memory_format=torch.channels_last).eval(), config
+
+
+def load_label_table(source: str | os.PathLike) -> LabelTable | None:
+    """The training labels of a conditional run, checkpoint or exported file; None for an unconditional one."""
+    path = Path(source).expanduser()
+    if path.suffix.lower() == EXPORT_SUFFIX and path.is_file():
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as file:
+                metadata = file.metadata() or {}
+        except (SafetensorError, OSError, ValueError):
+            metadata = {}
+        config = _exported_config(path, metadata)
+        try:
+            data = json.loads(metadata["labels"]) if "labels" in metadata else None
+        except ValueError:
+            data = {}
+    else:
+        path, checkpoint = resolve_checkpoint(path)
+        config, data = checkpoint_config(path, checkpoint), checkpoint.get("labels")
+    if not config.condition:
+        return None
+    if data is None:
+        raise FaceganError(f"{path} is conditioned on {', '.join(config.condition)} but holds no table of its training "
+                           "labels; export it again from its run.")
+    table = LabelTable.from_dict(data, str(path))
+    if table.names != config.condition:
+        raise FaceganError(f"{path} holds training labels of {', '.join(table.names)}, but its generator is conditioned "
+                           f"on {', '.join(config.condition)}; export it again from its run.")
+    return table
 
 
 def checkpoint_config(path: Path, checkpoint: dict) -> TrainConfig:
@@ -208,7 +249,7 @@ def expected_generator(config: TrainConfig, source: Path) -> nn.Module:
         # D is not wanted: the smallest one the family builds (G does not depend on D's settings).
         with torch.device("meta"), _Unfilled():
             generator, _ = build_models(config.model, config.latent_dim, config.g_width, 1, config.resolution,
-                                        d_norm=None, spectral_norm=False)
+                                        d_norm=None, spectral_norm=False, num_attributes=len(config.condition))
     except (RuntimeError, ValueError, OverflowError) as error:  # e.g. a size past what a tensor can count
         raise FaceganError(f"{source} describes a {config.model} generator that cannot be built "
                            f"({str(error).strip().splitlines()[0][:160]}).") from None
@@ -289,7 +330,8 @@ def _exported_config(path: Path, metadata: dict[str, str]) -> TrainConfig:
     if not isinstance(values, dict):
         raise FaceganError(f"{path} holds a damaged configuration (a JSON {type(values).__name__}, not an object); "
                            "export it again.")
-    absent = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in values]
+    # Files from before conditioning have no attribute lists: they are unconditional, which absence means.
+    absent = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in values and f.name not in NAME_LISTS]
     if absent:  # never a default: a missing width or size would quietly build another generator
         raise FaceganError(f"{path} holds a configuration without {_few(absent)}; export it again.")
     try:

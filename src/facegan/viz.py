@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from facegan.files import write_atomically
 
@@ -28,6 +28,19 @@ def make_grid(
         top, left = padding + r * cell_h, padding + c * cell_w
         grid[top : top + h, left : left + w] = images[i]
     return grid
+
+
+def caption_rows(grid: np.ndarray, captions: list[str], row_height: int, padding: int = 2,
+                 pad_value: int = 255) -> np.ndarray:
+    """A make_grid picture with a strip on its left naming each row (e.g. a conditional grid's conditions)."""
+    font = ImageFont.load_default()
+    width = 8 + max(int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(text, font=font)) for text in captions)
+    strip = Image.new("RGB", (width, grid.shape[0]), (pad_value,) * 3)
+    draw = ImageDraw.Draw(strip)
+    for i, text in enumerate(captions):
+        top = padding + i * (row_height + padding)
+        draw.text((4, top + row_height // 2), text, fill=(0, 0, 0), font=font, anchor="lm")
+    return np.concatenate([np.asarray(strip), grid], axis=1)
 
 
 def save_png(image: np.ndarray, path: str | os.PathLike, scale: int = 1) -> Path:

@@ -1,4 +1,4 @@
-"""Both families' named blocks and their seam for a condition c: refused today, in one clear sentence."""
+"""Both families' named blocks and their condition c: refused, in one clear sentence, by models built without one."""
 
 from __future__ import annotations
 

@@ -10,11 +10,11 @@ recommend layer normalisation or none there, and spectral normalisation usually 
 
 G is `project` (the latent to 4x4), `blocks` (one 2x upsampling each) and `to_rgb`; D is `blocks`,
 run by `features`, and `head` (one logit per image). Both take an optional condition c, a float
-tensor (B, K) of labels, as the seam for attribute conditioning: conditional BatchNorm would
-replace the `norm` of G's blocks, which already receive c, and a projection term
-<embed(c), pooled features> (Miyato & Koyama 2018) would join D's head in forward. Built as
-they are, the models have no conditioning and refuse a c. Until 3bf9834 G and D were one
-nn.Sequential, `main`; `rename_old_keys` lets state dicts of that time load.
+tensor (B, K) of labels. Built with `num_attributes` K > 0 they use it (models/conditional.py):
+every BatchNorm of G is conditional, and D's logit gains a projection term <embed(c), the 4x4
+features summed over pixels> (Miyato & Koyama 2018). Built with K = 0 (the default) they are the
+paper's models, layer for layer and draw for draw from the RNG, and refuse a c. Until 3bf9834 G
+and D were one nn.Sequential, `main`; `rename_old_keys` lets state dicts of that time load.
 """
 
 from __future__ import annotations
@@ -24,6 +24,12 @@ import math
 
 import torch
 from torch import nn
+
+from facegan.models.conditional import (
+    ConditionalBatchNorm2d,
+    Projection,
+    check_condition,
+)
 
 
 def stages(resolution: int) -> int:
@@ -46,12 +52,6 @@ def check_images(x: torch.Tensor, resolution: int) -> None:
         raise ValueError(f"expected images of shape (B, 3, {resolution}, {resolution}), got {tuple(x.shape)}")
 
 
-def refuse_condition(c: torch.Tensor | None) -> None:
-    """Raise ValueError for any c but None: no model is built with conditioning yet."""
-    if c is not None:
-        raise ValueError("this model was built without conditioning; call it without a condition c (c=None)")
-
-
 def rename_old_keys(module: nn.Module, state_dict: dict[str, torch.Tensor], prefix: str, *_: object) -> None:
     """Load-state-dict pre-hook: rename the keys of a state dict saved before the blocks had names.
 
@@ -65,18 +65,24 @@ def rename_old_keys(module: nn.Module, state_dict: dict[str, torch.Tensor], pref
 
 
 class GBlock(nn.Module):
-    """ConvTranspose2d(4x4)-BatchNorm-ReLU: 2x upsampling, or the latent's 1x1 to 4x4 with `project`."""
+    """ConvTranspose2d(4x4)-BatchNorm-ReLU: 2x upsampling, or the latent's 1x1 to 4x4 with `project`.
 
-    def __init__(self, in_channels: int, out_channels: int, project: bool = False) -> None:
+    With `num_attributes` > 0 the BatchNorm is conditional on c.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, project: bool = False, num_attributes: int = 0) -> None:
         super().__init__()
         stride, padding = (1, 0) if project else (2, 1)
         self.conv = nn.ConvTranspose2d(in_channels, out_channels, 4, stride, padding, bias=False)
-        self.norm = nn.BatchNorm2d(out_channels)  # the one place a conditional BatchNorm would go
+        self.norm: nn.Module = (ConditionalBatchNorm2d(out_channels, num_attributes) if num_attributes
+                                else nn.BatchNorm2d(out_channels))
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, in, H, W) -> (B, out, 2H, 2W), or (B, latent, 1, 1) -> (B, out, 4, 4); c is unused yet."""
-        return self.act(self.norm(self.conv(x)))
+        """(B, in, H, W) -> (B, out, 2H, 2W), or (B, latent, 1, 1) -> (B, out, 4, 4)."""
+        h = self.conv(x)
+        h = self.norm(h, c) if isinstance(self.norm, ConditionalBatchNorm2d) else self.norm(h)
+        return self.act(h)
 
 
 class ToRGB(nn.Module):
@@ -95,22 +101,22 @@ class ToRGB(nn.Module):
 class Generator(nn.Module):
     """Latent vectors (B, latent_dim) -> images (B, 3, R, R) in [-1, 1]."""
 
-    def __init__(self, latent_dim: int = 100, width: int = 64, resolution: int = 64) -> None:
+    def __init__(self, latent_dim: int = 100, width: int = 64, resolution: int = 64, num_attributes: int = 0) -> None:
         super().__init__()
-        self.latent_dim, self.resolution = latent_dim, resolution
+        self.latent_dim, self.resolution, self.num_attributes = latent_dim, resolution, num_attributes
         n = stages(resolution)
         channels = [width * 2**i for i in range(n - 1, -1, -1)]  # [8w, 4w, 2w, w] at 64 px
         # Created in the order of the old nn.Sequential, so a seed gives the same initial weights
         # and parameters() keeps the order that saved optimizer states are indexed by.
-        self.project = GBlock(latent_dim, channels[0], project=True)
-        self.blocks = nn.ModuleList(GBlock(a, b) for a, b in itertools.pairwise(channels))
+        self.project = GBlock(latent_dim, channels[0], project=True, num_attributes=num_attributes)
+        self.blocks = nn.ModuleList(GBlock(a, b, num_attributes=num_attributes) for a, b in itertools.pairwise(channels))
         self.to_rgb = ToRGB(channels[-1])
         self.register_load_state_dict_pre_hook(rename_old_keys)
 
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        """Images for latents `z`; `c` must be None (this model has no conditioning)."""
+        """Images for latents `z` and, for a conditional G, labels `c` (None: no condition term)."""
         check_latents(z, self.latent_dim)
-        refuse_condition(c)
+        check_condition(c, self.num_attributes, len(z))
         h = self.project(z[:, :, None, None], c)
         for block in self.blocks:
             h = block(h, c)
@@ -156,11 +162,11 @@ class Discriminator(nn.Module):
     get biases, as nothing else shifts their outputs).
     """
 
-    def __init__(self, width: int = 64, resolution: int = 64, norm: str = "batch") -> None:
+    def __init__(self, width: int = 64, resolution: int = 64, norm: str = "batch", num_attributes: int = 0) -> None:
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {', '.join(NORMS)}, not {norm!r}")
-        self.resolution = resolution
+        self.resolution, self.num_attributes = resolution, num_attributes
         n = stages(resolution)
         bias = norm == "none"
         channels = [width * 2**i for i in range(n)]  # [w, 2w, 4w, 8w] at 64 px
@@ -169,20 +175,25 @@ class Discriminator(nn.Module):
         blocks = [DBlock(3, width, "none", bias)] + [DBlock(a, b, norm, bias) for a, b in itertools.pairwise(channels)]
         self.blocks = nn.ModuleList(blocks)
         self.head = nn.Conv2d(channels[-1], 1, 4, 1, 0, bias=bias)  # 4x4 -> one logit, no Sigmoid
+        self.projection = Projection(channels[-1], num_attributes) if num_attributes else None
         self.register_load_state_dict_pre_hook(rename_old_keys)
 
     def features(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """The last hidden activations for images `x`: (B, width * 2**(stages - 1), 4, 4); 512x4x4 at 64 px, width 64."""
         check_images(x, self.resolution)
-        refuse_condition(c)
+        check_condition(c, self.num_attributes, len(x))
         h = x
         for block in self.blocks:
             h = block(h)
         return h
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        """One logit per image; `c` must be None (this model has no conditioning)."""
-        return self.head(self.features(x, c)).flatten()
+        """One logit per image; a conditional D adds its projection term for labels `c` (None: none)."""
+        h = self.features(x, c)
+        logits = self.head(h).flatten()
+        if self.projection is not None and c is not None:
+            logits = logits + self.projection(h.sum(dim=(2, 3)), c)
+        return logits
 
     def old_names(self) -> dict[str, str]:
         """The submodule paths of 3bf9834's D (`main.<i>`) and their names now."""
@@ -199,6 +210,6 @@ def init_weights(module: nn.Module) -> None:
         nn.init.normal_(module.weight, 0.0, 0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.BatchNorm2d):
+    elif isinstance(module, nn.BatchNorm2d) and module.affine:  # a conditional BatchNorm's gain starts at 1 itself
         nn.init.normal_(module.weight, 1.0, 0.02)
         nn.init.zeros_(module.bias)

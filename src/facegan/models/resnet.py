@@ -17,11 +17,11 @@ as Chainer's do (Mimicry leaves PyTorch's default).
 
 G is `project` (a linear layer to 4x4), `blocks` and `to_rgb`; D is `blocks` and the pooling,
 run by `features`, and `head` (one logit per image). As in dcgan.py, both take an optional
-condition c (B, K) for attribute conditioning to come: conditional BatchNorm would replace the
-BatchNorms of G's blocks, which already receive c (Miyato & Koyama's code keeps the last one,
-`to_rgb.norm`, unconditional), and a projection term <embed(c), features> would join D's head.
-Built as they are, the models have no conditioning and refuse a c. Until 3bf9834 G's layers
-were `l1`, `b_out`, `c_out` and D's logit `l_out`; `rename_old_keys` lets those state dicts load.
+condition c (B, K), used when built with `num_attributes` K > 0: the BatchNorms of G's blocks
+become conditional (Miyato & Koyama's code keeps the last one, `to_rgb.norm`, unconditional, and
+so does this), and D's logit gains the projection term <embed(c), features>. Built with K = 0 they
+are the unconditional models and refuse a c. Until 3bf9834 G's layers were `l1`, `b_out`,
+`c_out` and D's logit `l_out`; `rename_old_keys` lets those state dicts load.
 """
 
 from __future__ import annotations
@@ -33,10 +33,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from facegan.models.conditional import (
+    ConditionalBatchNorm2d,
+    Projection,
+    check_condition,
+)
 from facegan.models.dcgan import (
     check_images,
     check_latents,
-    refuse_condition,
     rename_old_keys,
     stages,
 )
@@ -62,11 +66,12 @@ def _upsample(x: torch.Tensor) -> torch.Tensor:
 class GBlock(nn.Module):
     """BN-ReLU-upsample-conv3x3-BN-ReLU-conv3x3, plus an upsampled 1x1-conv shortcut."""
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, num_attributes: int = 0) -> None:
         super().__init__()
-        self.b1 = nn.BatchNorm2d(in_channels)
+        norm = (lambda n: ConditionalBatchNorm2d(n, num_attributes)) if num_attributes else nn.BatchNorm2d
+        self.b1 = norm(in_channels)
         self.c1 = nn.Conv2d(in_channels, out_channels, 3, 1, 1)
-        self.b2 = nn.BatchNorm2d(out_channels)
+        self.b2 = norm(out_channels)
         self.c2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1)
         self.c_sc = nn.Conv2d(in_channels, out_channels, 1, 1, 0)
         # Residual convolutions get gain sqrt(2) for the ReLUs before them; the shortcut is linear.
@@ -75,10 +80,14 @@ class GBlock(nn.Module):
         _xavier(self.c_sc, 1.0)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, in, H, W) -> (B, out, 2H, 2W); c is unused until b1 and b2 become conditional."""
-        h = self.c1(_upsample(F.relu(self.b1(x))))
-        h = self.c2(F.relu(self.b2(h)))
+        """(B, in, H, W) -> (B, out, 2H, 2W); b1 and b2 take c when they are conditional."""
+        h = self.c1(_upsample(F.relu(self._norm(self.b1, x, c))))
+        h = self.c2(F.relu(self._norm(self.b2, h, c)))
         return h + _upsample(self.c_sc(x))
+
+    @staticmethod
+    def _norm(norm: nn.Module, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        return norm(x, c) if isinstance(norm, ConditionalBatchNorm2d) else norm(x)
 
 
 class DBlock(nn.Module):
@@ -141,12 +150,12 @@ class ToRGB(nn.Module):
 class Generator(nn.Module):
     """Latent vectors (B, latent_dim) -> images (B, 3, R, R) in [-1, 1]."""
 
-    def __init__(self, latent_dim: int = 128, width: int = 64, resolution: int = 64) -> None:
+    def __init__(self, latent_dim: int = 128, width: int = 64, resolution: int = 64, num_attributes: int = 0) -> None:
         super().__init__()
-        self.latent_dim, self.resolution = latent_dim, resolution
+        self.latent_dim, self.resolution, self.num_attributes = latent_dim, resolution, num_attributes
         channels = stage_channels(width, resolution)
         self.project = nn.Linear(latent_dim, 4 * 4 * channels[0])
-        self.blocks = nn.ModuleList(GBlock(a, b) for a, b in itertools.pairwise(channels))
+        self.blocks = nn.ModuleList(GBlock(a, b, num_attributes) for a, b in itertools.pairwise(channels))
         self.to_rgb = ToRGB(channels[-1])
         # Only now, as before the blocks had names: each layer's default initialisation drew from
         # the RNG when it was created, so this order keeps a seed's initial weights.
@@ -155,9 +164,9 @@ class Generator(nn.Module):
         self.register_load_state_dict_pre_hook(rename_old_keys)
 
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        """Images for latents `z`; `c` must be None (this model has no conditioning)."""
+        """Images for latents `z` and, for a conditional G, labels `c` (None: no condition term)."""
         check_latents(z, self.latent_dim)
-        refuse_condition(c)
+        check_condition(c, self.num_attributes, len(z))
         h = self.project(z).view(len(z), -1, 4, 4)
         for block in self.blocks:
             h = block(h, c)
@@ -175,29 +184,36 @@ class Discriminator(nn.Module):
     channels reach 16 x width; further blocks keep both (Mimicry: 2x2 at 64 px, 4x4 at 128 px).
     """
 
-    def __init__(self, width: int = 64, resolution: int = 64) -> None:
+    def __init__(self, width: int = 64, resolution: int = 64, num_attributes: int = 0) -> None:
         super().__init__()
-        self.resolution = resolution
+        self.resolution, self.num_attributes = resolution, num_attributes
         channels = stage_channels(width, resolution)[::-1]
         blocks: list[nn.Module] = [DBlockOptimized(3, channels[0])]
         blocks += [DBlock(a, b, downsample=a != b) for a, b in itertools.pairwise(channels)]
         self.blocks = nn.ModuleList(blocks)
         self.head = nn.Linear(channels[-1], 1)
         _xavier(self.head, 1.0)
+        self.projection = Projection(channels[-1], num_attributes) if num_attributes else None
+        if self.projection is not None:  # xavier, as SNGAN's projection embedding
+            nn.init.xavier_uniform_(self.projection.embed.weight)
         self.register_load_state_dict_pre_hook(rename_old_keys)
 
     def features(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """Pooled features of images `x`: (B, 16 * width) at 64 and 128 px (the last block's channels)."""
         check_images(x, self.resolution)
-        refuse_condition(c)
+        check_condition(c, self.num_attributes, len(x))
         h = x
         for block in self.blocks:
             h = block(h)
         return F.relu(h).sum(dim=(2, 3))  # global sum pooling, as SNGAN
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        """One logit per image; `c` must be None (this model has no conditioning)."""
-        return self.head(self.features(x, c)).flatten()
+        """One logit per image; a conditional D adds its projection term for labels `c` (None: none)."""
+        h = self.features(x, c)
+        logits = self.head(h).flatten()
+        if self.projection is not None and c is not None:
+            logits = logits + self.projection(h, c)
+        return logits
 
     def old_names(self) -> dict[str, str]:
         """The submodule paths of 3bf9834's D that have other names now."""

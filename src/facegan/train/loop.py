@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from facegan import plots, viz
+from facegan.conditions import grid_conditions
 from facegan.config import RESOLUTIONS, TrainConfig, validate
 from facegan.data import PreparedDataset
 from facegan.data.builtin import open_data
@@ -80,7 +81,7 @@ def train(config: TrainConfig, *, resume: Path | None = None, progress: bool = T
         run = _resume_or_start(config, resume, rank == 0, progress, held, world_size)
         state, run_dir = run.state, run.run_dir
         stop = held.enter_context(stop_on_signals())  # from here on SIGTERM and SIGINT stop at a step boundary
-        guard, source = DivergenceGuard(run.device), BatchSource(run.dataset, run.device)
+        guard, source = DivergenceGuard(run.device), run.source
         steps_per_epoch = source.steps_per_epoch(config.batch_size, world_size)
         total_g_steps = max(1, config.epochs * (steps_per_epoch // config.d_steps))  # the end of any lr decay
         batches, meter = None, None
@@ -159,6 +160,7 @@ class _Run:
     state: TrainState
     device: torch.device
     dataset: PreparedDataset
+    source: BatchSource  # batches of the data, with the run's labels, balanced when asked
     fixed_noise: torch.Tensor
     run_dir: Path | None
     last_good: Path | None  # the checkpoint a divergence rolls back to; None: the run's start
@@ -189,9 +191,12 @@ def _resume_or_start(config: TrainConfig, resume: Path | None, is_main: bool, pr
     elif config.data is not None:
         config.data = str(Path(config.data).expanduser().resolve())  # config.json must work from anywhere
     dataset = _training_data(config, progress and is_main, world_size)
+    # Labels the data lacks, or a balance it cannot draw, are refused before a run directory exists.
+    source = BatchSource(dataset, device, attributes=config.condition, balance=config.balance)
     if checkpoint is not None and is_main:
         warn_if_finished(run_dir, checkpoint, config)  # after every other check, so it never precedes an error
     state = build_state(config, dataset.resolution, device)
+    state.labels = source.label_table()
     if checkpoint is not None:
         try:
             restore_state(state, checkpoint)
@@ -213,7 +218,7 @@ def _resume_or_start(config: TrainConfig, resume: Path | None, is_main: bool, pr
     if is_main and progress:
         log.info(f"training {config.preset} on {dataset.path} ({len(dataset):,} images of {dataset.resolution}px) "
                  f"on {device} ({state.precision.name}); run directory {run_dir}")
-    return _Run(state, device, dataset, fixed_noise, run_dir, last_good)
+    return _Run(state, device, dataset, source, fixed_noise, run_dir, last_good)
 
 
 def _training_data(config: TrainConfig, progress: bool, world_size: int) -> PreparedDataset:
@@ -352,8 +357,14 @@ def _end_of_epoch(run_dir: Path, config: TrainConfig, state: TrainState, dataset
                   fixed_noise: torch.Tensor, checkpoint: dict) -> None:
     """Grid, plots and checkpoints after each epoch, then any metrics (rank 0 only)."""
     epoch = state.epoch
-    fakes = generate(state.sampling_generator, fixed_noise)
-    viz.save_png(viz.make_grid(fakes), run_dir / "samples" / f"epoch-{epoch:04d}.png")
+    if config.condition:
+        save_conditional_grid(state.sampling_generator, fixed_noise, config.condition,
+                              run_dir / "samples" / f"epoch-{epoch:04d}.png")
+        fakes = generate(state.sampling_generator, fixed_noise,
+                         labels=torch.from_numpy(state.labels.draw(len(fixed_noise), config.seed)).to(fixed_noise.device))
+    else:
+        fakes = generate(state.sampling_generator, fixed_noise)
+        viz.save_png(viz.make_grid(fakes), run_dir / "samples" / f"epoch-{epoch:04d}.png")
     stats = plots.read_stats(run_dir / STATS) if (run_dir / STATS).exists() else []
     if stats:
         plots.plot_losses(stats, run_dir / "plots" / "losses.png")
@@ -365,6 +376,18 @@ def _end_of_epoch(run_dir: Path, config: TrainConfig, state: TrainState, dataset
         save_checkpoint(checkpoint, checkpoint_dir(run_dir) / epoch_checkpoint_name(epoch))
     if config.eval_every and epoch % config.eval_every == 0:
         _evaluate_epoch(run_dir, config, state, dataset, checkpoint)
+
+
+def save_conditional_grid(generator: torch.nn.Module, fixed_noise: torch.Tensor, names: tuple[str, ...], path: Path,
+                          columns: int = 8) -> Path:
+    """A conditional grid: one row per condition of `grid_conditions`, the same fixed noise along every row."""
+    captions, conditions = grid_conditions(names)
+    z = fixed_noise[:columns]
+    rows = len(conditions)
+    labels = torch.from_numpy(conditions).repeat_interleave(len(z), dim=0).to(z.device)
+    images = generate(generator, z.repeat(rows, 1), labels=labels)
+    grid = viz.caption_rows(viz.make_grid(images, nrow=len(z)), captions, images.shape[1])
+    return viz.save_png(grid, path)
 
 
 @reporting_disk_errors("the epoch's probability histogram")
@@ -379,7 +402,7 @@ def _evaluate_epoch(run_dir: Path, config: TrainConfig, state: TrainState, datas
     with out_of_memory_as_error(f"measuring {config.evaluate} after epoch {state.epoch}",
                                 f"the epoch's checkpoint is saved; resume with --eval-every 0 and measure afterwards "
                                 f"with `facegan evaluate {run_dir} --metrics {config.evaluate} --batch-size 50`"):
-        values = evaluate(sampler(generator, config.latent_dim), dataset, metrics,
+        values = evaluate(sampler(generator, config.latent_dim, labels=state.labels), dataset, metrics,
                           device=next(generator.parameters()).device, seed=config.seed)
     first = metrics[0]
     primary, sign = first.value_keys()[0], (-1 if first.higher_is_better else 1)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from facegan.conditions import LabelTable
 from facegan.config import TrainConfig
 from facegan.models import build_models
 from facegan.precision import Precision, resolve_precision
@@ -38,6 +39,9 @@ class TrainState:
     ema: EMA | None = None  # the moving average of G, when config.ema_kimg > 0
     d_updates: int = 0  # D updates so far (more than `step` with several D steps per G step)
     lr_scale: float = 1.0  # lowered by each divergence rollback; multiplies the configured (and scheduled) rates
+    # A conditional run's training labels (their joint distribution), saved in every checkpoint so
+    # that sampling can draw the attributes a user leaves unnamed; set from the data, never restored.
+    labels: LabelTable | None = None
 
     @property
     def models(self) -> tuple[nn.Module, nn.Module]:
@@ -66,6 +70,7 @@ class TrainState:
             "fixed_noise": fixed_noise.cpu(),
             **({"scaler": self.scaler.state_dict()} if self.scaler.is_enabled() else {}),
             **({"generator_ema": self.ema.state_dict()} if self.ema is not None else {}),
+            **({"labels": self.labels.to_dict()} if self.labels is not None else {}),
         }
 
 
@@ -73,7 +78,8 @@ def build_state(config: TrainConfig, resolution: int, device: torch.device) -> T
     """Fresh models (DCGAN initialisation), Adam optimizers and the noise generator, seeded."""
     torch.manual_seed(config.seed)
     generator, discriminator = build_models(config.model, config.latent_dim, config.g_width, config.d_width, resolution,
-                                            d_norm=config.d_norm, spectral_norm=config.spectral_norm)
+                                            d_norm=config.d_norm, spectral_norm=config.spectral_norm,
+                                            num_attributes=len(config.condition))
     generator = generator.to(device, memory_format=torch.channels_last)
     discriminator = discriminator.to(device, memory_format=torch.channels_last)
     # Fused Adam on a GPU, foreach on the CPU: a few kernels per step for all tensors instead of
