@@ -98,6 +98,8 @@ def make_plan(
     if layout is not None:
         options = resolve_options("celeba", size, crop, filter, jpeg_draft)
         plan = plan_celeba(layout, str(source), split, options)
+    elif split != "all" and labels is None:
+        raise FaceganError(f"--split {split} applies to CelebA only; {source} is a plain image folder.")
     else:
         options = resolve_options("folder", size, crop, filter, jpeg_draft)
         plan = plan_folder(open_tree(source), str(source))
@@ -113,7 +115,7 @@ def _select_split(plan: Plan, split: str) -> None:
     """Keep one CelebA partition of a labelled folder: possible when its labels brought CelebA's partition file."""
     if "partition" not in plan.labels:
         raise FaceganError(f"--split {split} applies to CelebA, or to a folder whose --labels is CelebA's "
-                           f"list_attr_celeba.txt with list_eval_partition.txt beside it; {plan.source} has no partition.")
+                           f"list_attr_celeba.txt with list_eval_partition.txt beside it; these labels bring no partition.")
     chosen = plan.labels["partition"] == SPLITS[split]
     if not chosen.any():
         raise FaceganError(f"none of the {len(plan.files):,} labelled images of {plan.source} is in CelebA's "
