@@ -20,6 +20,7 @@ PREPARE_EXAMPLES = """\
 examples:
   facegan prepare /data/celeba --out data/celeba64             official or Kaggle layout, or the zip
   facegan prepare ~/photos/faces --out data/myfaces             any folder (or zip) of images
+  facegan prepare faces/ --labels faces.csv --out data/f64      a folder with a CSV (or CelebA-format) of labels
   facegan prepare synthetic --count 50000 --out data/synth64    built-in faces, no download
   facegan prepare celeba --download ~/celeba --out data/celeba64   fetch CelebA first (online)
 """
@@ -229,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--download", type=Path, metavar="DIR", default=None,
                          help="with source `celeba`: fetch CelebA into DIR first (resumable, checksummed)")
     prepare.add_argument("--mirror", default=None, help="base URL to download CelebA from (default: built-in mirror)")
+    prepare.add_argument("--labels", type=Path, metavar="FILE", default=None,
+                         help="attributes for a folder: a CSV naming each image (file, filename or image_id column) "
+                              "or a CelebA-format attribute file")
     prepare.add_argument("--quiet", action="store_true", help="no progress bar")
     prepare.set_defaults(handler=run_prepare)
 
@@ -315,7 +319,7 @@ def run_prepare(args: argparse.Namespace) -> None:
     prepare(
         source, args.out, split=args.split, size=args.size, crop=args.crop, filter=args.filter,
         jpeg_draft=args.jpeg_draft, count=args.count, seed=args.seed, workers=args.workers,
-        force=args.force, progress=not args.quiet,
+        force=args.force, progress=not args.quiet, labels=args.labels,
     )
 
 

@@ -48,6 +48,7 @@ from facegan.data.images import (
     centre_box,
     decode_image,
 )
+from facegan.data.labels import apply_labels
 from facegan.data.plan import Plan
 from facegan.data.prepared import (
     ESCAPING,
@@ -75,9 +76,11 @@ _RENDER_CHUNK = 1024  # synthetic faces per task: rendering is vectorised, 1024 
 
 def make_plan(
     source: str, *, split: str = "all", size: int = 64, crop: int | None = None, filter: str = "bilinear",
-    jpeg_draft: bool = True, count: int = 50_000, seed: int = 0,
+    jpeg_draft: bool = True, count: int = 50_000, seed: int = 0, labels: str | os.PathLike | None = None,
 ) -> tuple[Plan, DecodeOptions]:
     """Work out what `source` holds and how it will be decoded, without decoding images."""
+    if labels is not None and source == SYNTHETIC:
+        raise FaceganError("--labels applies to a folder of images; synthetic faces come with their own attributes.")
     if split not in ("all", *SPLITS):
         raise FaceganError(f"--split must be one of all, {', '.join(SPLITS)}, not {split!r}.")
     if source == SYNTHETIC:
@@ -89,16 +92,39 @@ def make_plan(
                     attribute_names=list(synthetic.ATTRIBUTE_NAMES))
         return plan, resolve_options(plan.kind, size, crop, filter, jpeg_draft)
     layout = detect_celeba(source)
+    if layout is not None and labels is not None:
+        raise FaceganError(f"--labels applies to a plain folder of images; {source} is a CelebA copy, whose own "
+                           "attribute files are read already, so leave --labels out.")
     if layout is not None:
         options = resolve_options("celeba", size, crop, filter, jpeg_draft)
         plan = plan_celeba(layout, str(source), split, options)
-    elif split != "all":
+    elif split != "all" and labels is None:
         raise FaceganError(f"--split {split} applies to CelebA only; {source} is a plain image folder.")
     else:
         options = resolve_options("folder", size, crop, filter, jpeg_draft)
         plan = plan_folder(open_tree(source), str(source))
+        if labels is not None:
+            apply_labels(plan, labels)
+        if split != "all":
+            _select_split(plan, split)
     plan.info["split"] = split
     return plan, options
+
+
+def _select_split(plan: Plan, split: str) -> None:
+    """Keep one CelebA partition of a labelled folder: possible when its labels brought CelebA's partition file."""
+    if "partition" not in plan.labels:
+        raise FaceganError(f"--split {split} applies to CelebA, or to a folder whose --labels is CelebA's "
+                           f"list_attr_celeba.txt with list_eval_partition.txt beside it; these labels bring no partition.")
+    chosen = plan.labels["partition"] == SPLITS[split]
+    if not chosen.any():
+        raise FaceganError(f"none of the {len(plan.files):,} labelled images of {plan.source} is in CelebA's "
+                           f"{split} split; use --split all or another split.")
+    plan.info["other_split_images"] = int((~chosen).sum())
+    index = np.flatnonzero(chosen)
+    plan.files = [plan.files[i] for i in index]
+    plan.names = [plan.names[i] for i in index]
+    plan.labels = {key: values[index] for key, values in plan.labels.items()}
 
 
 def resolve_options(plan_kind: str, size: int, crop: int | None, filter: str, jpeg_draft: bool) -> DecodeOptions:
@@ -329,15 +355,16 @@ def prepare(
     workers: int | None = None,
     force: bool = False,
     progress: bool = True,
+    labels: str | os.PathLike | None = None,
 ) -> Path:
-    """Prepare `source` (a CelebA copy, an image folder or zip, or "synthetic") into `out`."""
+    """Prepare `source` (a CelebA copy, an image folder or zip, or "synthetic") into `out`; `labels` labels a folder."""
     out = Path(out).expanduser().absolute()
     if out.is_symlink():  # replace what the link points at, not the link
         out = real_path(out, "--out")
     check_source_and_output(source, out)
     check_output(out, force)
     plan, options = make_plan(source, split=split, size=size, crop=crop, filter=filter,
-                              jpeg_draft=jpeg_draft, count=count, seed=seed)
+                              jpeg_draft=jpeg_draft, count=count, seed=seed, labels=labels)
     if len(plan) == 0:
         raise FaceganError(f"no images of {source} are left to prepare (split {split}); check --split and the folder.")
     if size not in RESOLUTIONS:
@@ -372,7 +399,16 @@ def prepare(
     _warn_about(manifest)
     if progress:
         log.info(f"prepared {manifest['count']:,} images of {size}x{size} in {out} ({len(manifest['skipped']):,} skipped)")
+        if manifest.get("label_file", {}).get("rows_without_image"):
+            log.info(label_rows_sentence(manifest["label_file"]))
     return out
+
+
+def label_rows_sentence(record: dict) -> str:
+    """The calm sentence for label rows that name no image: usual when a folder holds part of a collection."""
+    rows, name = record["rows_without_image"], Path(record["path"]).name
+    return (f"{rows:,} of the {record['rows']:,} rows of {name} name no image in the folder (usual when the folder holds "
+            "part of a collection); dataset.json counts them as label_file.rows_without_image.")
 
 
 def _warn_about(manifest: dict) -> None:
@@ -383,12 +419,41 @@ def _warn_about(manifest: dict) -> None:
         warnings.warn(f"{upscaled:,} of the {manifest['count']:,} images {were} smaller than the {size}x{size} output "
                       f"(after any --crop) and {were} upscaled, so they look blurred; dataset.json counts them as "
                       "upscaled_images.", FaceganWarning, stacklevel=3)
+    _warn_about_labels(manifest.get("label_file"))
     repeated = manifest.get("duplicate_annotation_rows", [])
     if repeated:
         files = ", ".join(sorted({row["file"] for row in repeated}))
         has = "image has" if len(repeated) == 1 else "images have"
         warnings.warn(f"{len(repeated):,} {has} more than one identical row in {files}; each was used once, and "
                       "dataset.json lists them as duplicate_annotation_rows.", FaceganWarning, stacklevel=3)
+
+
+def _warn_about_labels(record: dict | None) -> None:
+    """One sentence per kind of label trouble; rows that name no image are not trouble (label_rows_sentence)."""
+    if not record:
+        return
+    name = Path(record["path"]).name
+    count = record["images_without_row"]
+    if count:
+        warnings.warn(f"{count:,} images have no row in {name} and were left out of the prepared dataset (they have "
+                      "no labels); dataset.json counts them as label_file.images_without_row.", FaceganWarning, stacklevel=4)
+    count = record["malformed_rows"]
+    if count:
+        first = record["malformed_examples"][0]
+        warnings.warn(f"{count:,} rows of {name} are malformed and were skipped (the first, line {first['line']}, has "
+                      f"{first['reason']}); dataset.json counts them as label_file.malformed_rows.", FaceganWarning, stacklevel=4)
+    count = record["duplicate_rows"]
+    if count:
+        warnings.warn(f"{count:,} rows of {name} name an image that another row names too, so those images were left "
+                      "out; dataset.json counts them as label_file.duplicate_rows.", FaceganWarning, stacklevel=4)
+    count = record["ambiguous_rows"]
+    if count:
+        warnings.warn(f"{count:,} rows of {name} give a bare file name that several images in the folder share, so "
+                      "they were matched to none; give paths relative to the folder. dataset.json counts them as "
+                      "label_file.ambiguous_rows.", FaceganWarning, stacklevel=4)
+    for column in record["skipped_columns"]:
+        warnings.warn(f"column {column['column']} of {name} was not made an attribute: {column['reason']}.",
+                      FaceganWarning, stacklevel=4)
 
 
 def _swap_into_place(partial: Path, out: Path) -> None:
