@@ -103,3 +103,21 @@ def test_audit_refuses_what_does_not_fit(audited, tmp_path, capsys):
     assert "corrected gen" in result.out and "Smiling" in result.out
     result = run_cli(["audit", str(Path(data)), "--classifier", str(classifier), "--quiet"], capsys)
     assert result.code == 1 and "not a run directory" in result.err
+
+
+def test_group_precision_recall_measures_big_groups_only(audited, network, monkeypatch):
+    import facegan.audit as audit
+
+    run, classifier, _ = audited
+    monkeypatch.setattr(audit, "PR_MIN_IMAGES", 12)
+    monkeypatch.setattr(audit, "PR_MAX_IMAGES", 14)  # Inception on a CPU: as few images as k-NN manifolds allow
+    report = audit_run(run, classifier, count=40, groups=["Male"], network=network.path, device="cpu")
+    groups = report["precision_recall"]["groups"]
+    assert [(g["attribute"], g["value"]) for g in groups] == [("Male", 1), ("Male", 0)]
+    for group in groups:
+        if min(group["real_images"], group["generated_images"]) >= 12:
+            assert 0 <= group["precision"] <= 1 and 0 <= group["recall"] <= 1
+            assert group["real_images_used"] <= 14 and group["generated_images_used"] <= 14
+        else:
+            assert "not measured" in group["note"]
+    assert "precision" in format_report(report)

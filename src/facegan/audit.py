@@ -37,8 +37,8 @@ Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
 MIN_SEPARATION = 0.2
 # Precision/recall of a group needs this many real and generated images (k-NN manifolds of fewer are noise).
 PR_MIN_IMAGES = 200
-# Real images of a group whose Inception features are computed, at most (CPU time).
-PR_MAX_REAL = 2000
+# Real and generated images of a group whose Inception features are used, at most (CPU time).
+PR_MAX_IMAGES = 1000
 REPORT_FORMAT = "facegan-audit"
 REPORT_VERSION = 1
 
@@ -209,6 +209,8 @@ def audit_run(
         "classifier_accuracy": model.accuracy_line(), "attributes": attributes,
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if report["condition"]:
+        report["conditional"] = conditional_accuracy(run, generator, config, model, count, seed)
     if named:
         report["groups"] = _intersections(model, named, labels, fake_predicted)
         if pr:
@@ -218,6 +220,38 @@ def audit_run(
     write_atomically(out / "report.json", lambda path: path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8"))
     plot_rates(report, out / "rates.png")
     return report
+
+
+def conditional_accuracy(run: Path, generator: torch.nn.Module, config, model: Classifier, count: int, seed: int) -> dict:
+    """For a conditional run: per conditioned attribute the classifier knows and per value, the share of samples asked
+    for that value that show it ("Smiling=1 gives a smile in 93% of samples"), observed and corrected.
+
+    The other attributes are drawn from the training labels' joint distribution given the fixed one, as `sample` does.
+    """
+    from facegan.generation import load_label_table
+
+    table = load_label_table(run)
+    if table is None:
+        raise FaceganError(f"{run} is conditioned on {', '.join(config.condition)} but holds no label table to draw "
+                           "conditions from; it was trained by an older facegan.")
+    known = [name for name in config.condition if name in model.attributes]
+    each = max(1, count // max(1, 2 * len(known)))
+    rows = []
+    for name in known:
+        figures = model.heldout[name]
+        k = model.attributes.index(name)
+        for value in (1, 0):
+            sample = sampler(generator, config.latent_dim, batch_size=500, conditions=table, fixed={name: bool(value)})
+            shows = predict(model, np.concatenate(list(sample(each, seed)))) [:, k] >= 0.5
+            observed = rate(shows == bool(value))
+            positive = corrected_rate(rate(shows), figures["tpr"], figures["fpr"])
+            if positive["rate"] is None or value:
+                fixed = positive
+            else:  # the share that shows its absence is one minus the share that shows it
+                fixed = {"rate": 1 - positive["rate"], "low": 1 - positive["high"], "high": 1 - positive["low"]}
+            rows.append({"attribute": name, "value": value, "samples": each, "observed": observed, "corrected": fixed})
+    return {"attributes": known, "not_classified": [n for n in config.condition if n not in model.attributes],
+            "rows": rows}
 
 
 def _intersections(model: Classifier, named: list[str], labels: np.ndarray, fake: np.ndarray) -> dict:
@@ -251,27 +285,29 @@ def _group_precision_recall(named: list[str], names: list[str], labels: np.ndarr
 
     inception = load_inception(network, device, progress=progress)
     rng = np.random.default_rng(0)
-    results = []
-    fake_features = None
+    # Each group uses at most PR_MAX_IMAGES of its generated images; their union is put through Inception once.
+    chosen = {}
     for name in named:
         k = names.index(name)
         for value in (1, 0):
-            real_rows = np.flatnonzero(labels[:, k] == bool(value))
-            fake_rows = np.flatnonzero(fake[:, k] == bool(value))
-            entry = {"attribute": name, "value": value, "real_images": len(real_rows), "generated_images": len(fake_rows)}
-            if min(len(real_rows), len(fake_rows)) < PR_MIN_IMAGES:
-                entry["note"] = f"fewer than {PR_MIN_IMAGES} images: not measured"
-                results.append(entry)
-                continue
-            if fake_features is None:
-                fake_features = features(inception, fake_images, batch_size=batch_size, progress=progress)
-            real_rows = np.sort(rng.choice(real_rows, min(len(real_rows), PR_MAX_REAL), replace=False))
-            fake_rows = fake_rows[:PR_MAX_REAL]
-            real_features = features(inception, dataset.take(real_rows), batch_size=batch_size, progress=progress)
-            entry["precision"], entry["recall"] = precision_recall(real_features, fake_features[fake_rows])
-            entry["real_images_used"], entry["generated_images_used"] = len(real_rows), len(fake_rows)
+            chosen[name, value] = (np.flatnonzero(labels[:, k] == bool(value)), np.flatnonzero(fake[:, k] == bool(value)))
+    used = sorted({int(i) for real_rows, fake_rows in chosen.values() if min(len(real_rows), len(fake_rows)) >= PR_MIN_IMAGES
+                   for i in fake_rows[:PR_MAX_IMAGES]})
+    fake_features = dict(zip(used, features(inception, fake_images[used], batch_size=batch_size, progress=progress)))
+    results = []
+    for (name, value), (real_rows, fake_rows) in chosen.items():
+        entry = {"attribute": name, "value": value, "real_images": len(real_rows), "generated_images": len(fake_rows)}
+        if min(len(real_rows), len(fake_rows)) < PR_MIN_IMAGES:
+            entry["note"] = f"fewer than {PR_MIN_IMAGES} images: not measured"
             results.append(entry)
-    return {"min_images": PR_MIN_IMAGES, "max_images": PR_MAX_REAL, "groups": results}
+            continue
+        real_rows = np.sort(rng.choice(real_rows, min(len(real_rows), PR_MAX_IMAGES), replace=False))
+        fake_rows = fake_rows[:PR_MAX_IMAGES]
+        real_features = features(inception, dataset.take(real_rows), batch_size=batch_size, progress=progress)
+        entry["precision"], entry["recall"] = precision_recall(real_features, np.stack([fake_features[int(i)] for i in fake_rows]))
+        entry["real_images_used"], entry["generated_images_used"] = len(real_rows), len(fake_rows)
+        results.append(entry)
+    return {"min_images": PR_MIN_IMAGES, "max_images": PR_MAX_IMAGES, "groups": results}
 
 
 # ----------------------------------------------------------------------------- showing it
@@ -303,6 +339,13 @@ def format_report(report: dict) -> str:
             notes.append(f"{name}: {row['corrected_generated']['note']}")
     lines += notes
     lines.append("(gen/real: the corrected generated rate over the labels' rate; intervals are 95% Wilson)")
+    if "conditional" in report:
+        lines += ["", f"{'asked for':<24} {'shows it':>22} {'corrected':>22}"]
+        for row in report["conditional"]["rows"]:
+            lines.append(f"{row['attribute'] + '=' + str(row['value']):<24} {_with_interval(row['observed']):>22} "
+                         f"{_with_interval(row['corrected']):>22}")
+        if report["conditional"]["not_classified"]:
+            lines.append(f"(not measured, the classifier does not know: {', '.join(report['conditional']['not_classified'])})")
     if "groups" in report:
         groups = report["groups"]
         lines += ["", f"{'combination':<34} {'labels':>8} {'generated':>10} {'corrected':>10}"]
