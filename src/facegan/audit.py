@@ -329,12 +329,13 @@ def format_report(report: dict) -> str:
              f"labels, {report['real_heldout']['images']:,} real images classified ({report['real_heldout']['which']})"),
              f"classifier held-out accuracy: {report['classifier_accuracy']}", "",
              (f"{'attribute':<14} {'labels':>22} {'classifier real':>22} {'classifier gen':>22} {'corrected gen':>22} "
-             f"{'gen/real':>8}")]
+             f"{'gen/real':>8} {'clf acc (bal)':>14}")]
     notes = []
     for name, row in report["attributes"].items():
         lines.append(f"{name:<14} {_with_interval(row['labels']):>22} {_with_interval(row['classifier_real']):>22} "
                      f"{_with_interval(row['classifier_generated']):>22} {_with_interval(row['corrected_generated']):>22} "
-                     f"{'-' if row['ratio'] is None else format(row['ratio'], '.2f'):>8}")
+                     f"{'-' if row['ratio'] is None else format(row['ratio'], '.2f'):>8} "
+                     f"{_percent(row['classifier_heldout']['accuracy']) + ' (' + _percent(row['classifier_heldout']['balanced_accuracy']) + ')':>14}")
         if "note" in row["corrected_generated"]:
             notes.append(f"{name}: {row['corrected_generated']['note']}")
     lines += notes
