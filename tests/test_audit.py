@@ -106,7 +106,7 @@ def test_audit_refuses_what_does_not_fit(audited, tmp_path, capsys):
 
 
 def test_group_precision_recall_measures_big_groups_only(audited, network, monkeypatch):
-    import facegan.audit as audit
+    from facegan import audit
 
     run, classifier, _ = audited
     monkeypatch.setattr(audit, "PR_MIN_IMAGES", 12)
@@ -121,3 +121,31 @@ def test_group_precision_recall_measures_big_groups_only(audited, network, monke
         else:
             assert "not measured" in group["note"]
     assert "precision" in format_report(report)
+
+
+def test_conditional_accuracy_through_the_seam(audited, monkeypatch):
+    # The conditions seam (generation.load_label_table, sampler(conditions=, fixed=)) is stood in for: the same
+    # real images for every request, so "shows Male" at Male=1 and "shows no Male" at Male=0 add up to 1.
+    import types
+
+    from facegan import audit, generation
+    from facegan.classifier import load_classifier
+
+    run, classifier, data = audited
+    images = open_prepared(data).take(np.arange(32))
+    asked = []
+
+    def fake_sampler(generator, latent_dim, *, batch_size, conditions, fixed):
+        asked.append(dict(fixed))
+        return lambda count, seed: iter([images[:count]])
+
+    monkeypatch.setattr(generation, "load_label_table", lambda source: object(), raising=False)
+    monkeypatch.setattr(audit, "sampler", fake_sampler)
+    config = types.SimpleNamespace(condition=("Male", "Eyeglasses"), latent_dim=8)
+    result = audit.conditional_accuracy(run, None, config, load_classifier(classifier), 64, 0)
+    assert asked == [{"Male": True}, {"Male": False}]
+    assert result["attributes"] == ["Male"] and result["not_classified"] == ["Eyeglasses"]
+    one, zero = result["rows"]
+    assert one["samples"] == 32 and one["observed"]["rate"] + zero["observed"]["rate"] == pytest.approx(1)
+    if one["corrected"]["rate"] is not None:
+        assert one["corrected"]["rate"] + zero["corrected"]["rate"] == pytest.approx(1)
