@@ -292,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_network_arguments(fid)
     fid.set_defaults(handler=run_fid)
 
+    _add_classifier_parser(commands)
+    _add_audit_parser(commands)
+
     info = commands.add_parser("info", help="describe a prepared dataset")
     info.add_argument("dataset", type=Path)
     info.add_argument("--verify", action="store_true", help="recompute the content hash")
@@ -403,6 +406,75 @@ def run_info(args: argparse.Namespace) -> None:
     if args.verify:
         dataset.verify()
         print("content hash verified")
+
+
+# ----------------------------------------------------------------------------- classifier and audit
+
+
+def _add_classifier_parser(commands: argparse._SubParsersAction) -> None:
+    classifier = commands.add_parser("classifier", help="an attribute classifier for the audit: train it")
+    actions = classifier.add_subparsers(dest="action", required=True, metavar="ACTION")
+    train = actions.add_parser("train", help="train a small CNN on a prepared dataset's attributes, on the CPU in minutes",
+                               description="Train on CelebA's train partition (or a seeded 90%% of the rows) and report "
+                                           "accuracy, balanced accuracy, FPR and FNR on the rest.")
+    train.add_argument("--data", type=Path, required=True, help="a prepared dataset with attributes")
+    train.add_argument("--attrs", default=None,
+                       help="comma-separated attribute names (default: those the data has among "
+                            "Smiling, Male, Young, Eyeglasses, Pale_Skin, Blond_Hair, Black_Hair, Wearing_Hat)")
+    train.add_argument("--out", type=Path, default=None, help="the .safetensors file to write (default DATA/classifier.safetensors)")
+    train.add_argument("--epochs", type=_positive_int, default=6, help="passes over the training rows (default 6)")
+    train.add_argument("--width", type=_positive_int, default=32, help="channels of the first block (default 32)")
+    train.add_argument("--seed", type=_natural_int, default=0, help="seed of the weights, batches and 90%% split (default 0)")
+    train.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    train.add_argument("--precision", default="auto", choices=_choices("precision"), metavar="PRECISION",
+                       help="%(choices)s (default auto: bf16 where the hardware runs it natively)")
+    train.add_argument("--quiet", action="store_true", help="no progress lines")
+    train.set_defaults(handler=run_classifier_train)
+
+
+def _add_audit_parser(commands: argparse._SubParsersAction) -> None:
+    audit = commands.add_parser("audit", help="who gets generated: attribute rates of a run's faces against its data",
+                                description="Classify generated faces and compare each attribute's rate with the training "
+                                            "data's, corrected for the classifier's own errors; writes RUN/audit/report.json "
+                                            "and RUN/audit/rates.png.")
+    audit.add_argument("run", type=Path, help="a run directory (its newest checkpoint) or a checkpoint file")
+    audit.add_argument("--classifier", type=Path, required=True, help="a file from `facegan classifier train`")
+    audit.add_argument("--data", type=Path, default=None, help="a prepared dataset (default: the run's own data)")
+    audit.add_argument("-n", type=_positive_int, default=10_000, help="generated images to classify (default 10000)")
+    audit.add_argument("--groups", default=None, help="comma-separated attributes whose combinations are reported, e.g. Male,Pale_Skin")
+    audit.add_argument("--seed", type=_natural_int, default=0, help="seed of the latent vectors (default 0)")
+    audit.add_argument("--no-pr", dest="pr", action="store_false",
+                       help="skip the per-group precision/recall (it needs the Inception network and takes minutes on a CPU)")
+    _add_network_arguments(audit)
+    audit.set_defaults(handler=run_audit)
+
+
+def _names(text: str | None) -> list[str] | None:
+    return [name.strip() for name in text.split(",") if name.strip()] if text else None
+
+
+def run_classifier_train(args: argparse.Namespace) -> None:
+    """`facegan classifier train`."""
+    from facegan.classifier import format_heldout, save_classifier, train_classifier
+    from facegan.data import open_prepared
+
+    dataset = open_prepared(args.data)
+    log = None if args.quiet else (lambda line: print(line, file=sys.stderr))
+    classifier = train_classifier(dataset, _names(args.attrs), epochs=args.epochs, width=args.width, seed=args.seed,
+                                  device=args.device, precision=args.precision, log=log)
+    out = save_classifier(classifier, args.out or dataset.path / "classifier.safetensors")
+    print(format_heldout(classifier.heldout, classifier.split))
+    print(f"wrote {out}", file=sys.stderr)
+
+
+def run_audit(args: argparse.Namespace) -> None:
+    """`facegan audit`."""
+    from facegan.audit import audit_run, format_report
+
+    report = audit_run(args.run, args.classifier, data=args.data, count=args.n, groups=_names(args.groups),
+                       seed=args.seed, device=args.device, pr=args.pr, network=args.network,
+                       batch_size=args.batch_size, progress=not args.quiet)
+    print(format_report(report))
 
 
 def main(argv: list[str] | None = None) -> int:
