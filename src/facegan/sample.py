@@ -29,7 +29,7 @@ MAX_GRID_IMAGES = 1024
 
 def sample(
     source: str | Path, count: int, out: str | Path, *, seed: int = 0, device: str = "auto",
-    batch_size: int = 256, progress: bool = True, precision: str = "auto",
+    batch_size: int = 256, progress: bool = True, precision: str = "auto", truncation: float = 1.0,
 ) -> Path:
     """Write `count` generated images: one grid if `out` ends in .png, else one PNG per image in folder `out`."""
     if count <= 0:
@@ -41,7 +41,8 @@ def sample(
                                f"(facegan.sample.MAX_GRID_IMAGES); give a folder as --out, such as "
                                f"{out.with_suffix('')}, for one PNG per image.")
         out = output_file(out, "--out")
-        images = sample_array(source, count, seed=seed, device=device, batch_size=batch_size, precision=precision)
+        images = sample_array(source, count, seed=seed, device=device, batch_size=batch_size, precision=precision,
+                              truncation=truncation)
         return _save_png(viz.make_grid(images, nrow=min(count, max(1, round(math.sqrt(count))))), out)
     if out.exists() and not out.is_dir():
         raise FaceganError(f"{out} is a file; give a folder for one PNG per image, or a name ending in .png for a grid.")
@@ -55,7 +56,7 @@ def sample(
     fast = resolve_precision(precision, torch_device)
     width = max(6, len(str(count - 1)))
     index = 0
-    batches = sampler(generator, config.latent_dim, batch_size=batch_size, precision=fast)(count, seed)
+    batches = sampler(generator, config.latent_dim, batch_size=batch_size, precision=fast, truncation=truncation)(count, seed)
     with _out_of_memory(batch_size):
         for images in tqdm(batches, total=math.ceil(count / batch_size), desc="sample", unit="batch", disable=not progress):
             for image in images:
@@ -65,7 +66,7 @@ def sample(
 
 
 def sample_array(source: str | Path, count: int, *, seed: int = 0, device: str = "auto", batch_size: int = 256,
-                 precision: str = "auto") -> np.ndarray:
+                 precision: str = "auto", truncation: float = 1.0) -> np.ndarray:
     """`count` generated images as uint8 (N, H, W, 3), for measuring in memory.
 
     `precision` auto runs G in bf16 where the hardware is fast at it, as training does.
@@ -74,7 +75,8 @@ def sample_array(source: str | Path, count: int, *, seed: int = 0, device: str =
     generator, config = load_generator(source, torch_device)
     fast = resolve_precision(precision, torch_device)
     with _out_of_memory(batch_size):
-        return np.concatenate(list(sampler(generator, config.latent_dim, batch_size=batch_size, precision=fast)(count, seed)))
+        return np.concatenate(list(sampler(generator, config.latent_dim, batch_size=batch_size, precision=fast,
+                                           truncation=truncation)(count, seed)))
 
 
 def _out_of_memory(batch_size: int) -> contextlib.AbstractContextManager[None]:
