@@ -24,14 +24,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-
 from safetensors import SafetensorError
 from safetensors.torch import save
 
 from facegan.config import TrainConfig
 from facegan.errors import FaceganError
 from facegan.files import describe_os_error, sha256_file, write_atomically
-from facegan.generation import EXPORT_FORMAT, EXPORT_SUFFIX, EXPORT_VERSION, load_generator
+from facegan.generation import (
+    EXPORT_FORMAT,
+    EXPORT_SUFFIX,
+    EXPORT_VERSION,
+    load_generator,
+)
 from facegan.paths import output_file
 from facegan.train.checkpoint import resolve_checkpoint
 
@@ -114,10 +118,10 @@ def _write_onnx(generator: torch.nn.Module, example: torch.Tensor, path: Path, m
 
 def _write_torchscript(generator: torch.nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, str]) -> None:
     inputs = _inputs(generator, example, json.loads(metadata["conditions"]))
-    with warnings.catch_warnings(), torch.no_grad():  # torch.jit.trace's deprecation notice
+    with warnings.catch_warnings(), torch.no_grad():  # torch.jit's deprecation notices
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(generator, inputs)
-    torch.jit.save(traced, str(path), _extra_files={"facegan.json": json.dumps(metadata)})
+        torch.jit.save(traced, str(path), _extra_files={"facegan.json": json.dumps(metadata)})
 
 
 def _check_description_path(path: Path, out: Path) -> None:

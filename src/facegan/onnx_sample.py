@@ -31,11 +31,13 @@ def open_onnx(path: str | os.PathLike):
     path = Path(path)
     if not path.is_file():
         raise FaceganError(f"{path} does not exist; give a file written by `facegan export RUN --format onnx`.")
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, InvalidGraph, InvalidProtobuf
+
     try:
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3
         session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as error:  # onnxruntime raises its own exception classes for a damaged file
+    except (Fail, InvalidArgument, InvalidGraph, InvalidProtobuf, RuntimeError, OSError) as error:  # a damaged file
         raise FaceganError(f"{path} is damaged or not an ONNX model ({str(error).splitlines()[0][:160]}).") from None
     metadata = session.get_modelmeta().custom_metadata_map
     if metadata.get("format") != "facegan-generator" or "latent_dim" not in metadata:
