@@ -74,7 +74,7 @@ def test_sampling_an_onnx_file_never_imports_torch(tmp_path, run):
         "assert 'torch' not in sys.modules\n"
         "sys.exit(code)\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+    done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120,
                           env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
     grid = np.asarray(Image.open(out))

@@ -12,11 +12,11 @@ from PIL import Image
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install -e '.[serve]')")
 pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from facegan.sample import sample_array  # noqa: E402
-from facegan.serve import MAX_GRID, Model, PAGE, create_app  # noqa: E402
-from facegan.train.loop import train  # noqa: E402
+from facegan.sample import sample_array
+from facegan.serve import MAX_GRID, PAGE, Model, create_app
+from facegan.train.loop import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

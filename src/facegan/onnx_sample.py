@@ -31,7 +31,12 @@ def open_onnx(path: str | os.PathLike):
     path = Path(path)
     if not path.is_file():
         raise FaceganError(f"{path} does not exist; give a file written by `facegan export RUN --format onnx`.")
-    from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, InvalidGraph, InvalidProtobuf
+    from onnxruntime.capi.onnxruntime_pybind11_state import (
+        Fail,
+        InvalidArgument,
+        InvalidGraph,
+        InvalidProtobuf,
+    )
 
     try:
         options = onnxruntime.SessionOptions()
