@@ -27,12 +27,12 @@ if shutil.which("chromedriver") is None:
     pytest.skip("no chromedriver on PATH (apt-get install chromium-driver)", allow_module_level=True)
 pytest.importorskip("selenium", reason="selenium is not installed (pip install -e '.[test]')")
 uvicorn = pytest.importorskip("uvicorn", reason="the serve extra is not installed (pip install -e '.[serve]')")
-from selenium import webdriver  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
-from facegan.serve import Model, create_app  # noqa: E402
-from facegan.train.loop import train  # noqa: E402
+from facegan.serve import Model, create_app
+from facegan.train.loop import train
 
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=900,900")
