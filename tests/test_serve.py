@@ -83,3 +83,19 @@ def test_no_path_from_a_request_is_read(client):
     assert client.get("/api/face.png", params={"seed": "../../etc/passwd"}).status_code == 400
     assert client.get("/static/../pyproject.toml").status_code == 404
     assert client.post("/api/face.png").status_code == 405  # no uploads
+
+
+def test_the_load_benchmark_runs_at_a_tiny_setting(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FACEGAN_CACHE": str(tmp_path / "cache"),
+           "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "serve_load.py"), "--tiny", "--requests", "16",
+                           "--clients", "2"], capture_output=True, text=True, timeout=240, env=env, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    row = done.stdout.splitlines()[-1].split()
+    assert row[0] == "16" and row[1] == "2" and row[5] == "0" and int(row[6]) > 0
