@@ -258,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--attrs", default=None, metavar="NAME=0|1,...",
                         help="for a run trained with --condition: the attribute values to generate, e.g. "
                              "Smiling=1,Male=0; those left unnamed are drawn from the training labels that match")
+    sample.add_argument("--truncation", type=float, default=1.0, metavar="PSI",
+                        help="pull latents towards the mean: z' = psi * z, 0 to 1 (default 1: no truncation)")
     sample.add_argument("--quiet", action="store_true", help="no progress bar")
     sample.set_defaults(handler=run_sample)
 
@@ -266,8 +268,14 @@ def build_parser() -> argparse.ArgumentParser:
                                              "run's configuration in its metadata and as JSON beside it. Loading it runs no code.",
                                  epilog=EXPORT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     export.add_argument("run", type=Path, help="a run directory (its newest intact checkpoint) or a checkpoint file")
-    export.add_argument("--out", type=Path, required=True, help="the .safetensors file to write (FILE.json is written beside it)")
+    export.add_argument("--out", type=Path, required=True,
+                        help="the file to write: .safetensors (FILE.json is written beside it), .onnx or .pt (torchscript)")
+    export.add_argument("--format", default="safetensors", choices=["safetensors", "onnx", "torchscript"],
+                        help="safetensors (default; `facegan sample` reads it), onnx (runs without torch, in any "
+                             "language) or torchscript (torch.jit.load)")
     export.set_defaults(handler=run_export)
+
+    _add_explore_commands(commands)
 
     evaluate = commands.add_parser(
         "evaluate", help="measure a run: FID, KID, precision/recall with the standard Inception network",
@@ -356,22 +364,99 @@ def run_train(args: argparse.Namespace) -> None:
 
 
 def run_sample(args: argparse.Namespace) -> None:
-    """`facegan sample`."""
+    """`facegan sample` (an .onnx file through onnxruntime, without importing torch)."""
+    if args.run.suffix.lower() == ".onnx":
+        from facegan.onnx_sample import sample_onnx
+
+        out = sample_onnx(args.run, args.n, args.out, seed=args.seed, truncation=args.truncation,
+                          batch_size=args.batch_size)
+        if not args.quiet:
+            print(f"wrote {args.n} images to {out} (onnxruntime; NumPy's latents for seed {args.seed})", file=sys.stderr)
+        return
     from facegan.sample import sample
 
     out = sample(args.run, args.n, args.out, seed=args.seed, device=args.device, batch_size=args.batch_size,
-                 progress=not args.quiet, precision=args.precision, attrs=args.attrs)
+                 progress=not args.quiet, precision=args.precision, attrs=args.attrs, truncation=args.truncation)
     if not args.quiet:
         print(f"wrote {args.n} images to {out}", file=sys.stderr)
 
 
 def run_export(args: argparse.Namespace) -> None:
     """`facegan export`."""
-    from facegan.export import export_generator
+    from facegan.export import export, export_generator
 
+    if args.format != "safetensors":
+        out = export(args.run, args.out, args.format)
+        print(f"wrote {out} ({args.format})", file=sys.stderr)
+        return
     out = export_generator(args.run, args.out)
     print(f"wrote {out} and {out.with_suffix('.json')}; `facegan sample {out} -n 64 --out faces.png` samples from it",
           file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- explore and share
+
+EXPLORE_EXAMPLES = """\
+examples:
+  facegan interpolate runs/00003-dcgan --seeds 3,17,42 --steps 8 --out walk.png   a row per pair of seeds
+  facegan interpolate runs/00003-dcgan --seeds 3,17,42 --out walk.gif             a looping movie (or .mp4)
+  facegan movie runs/00003-dcgan --out progress.gif --size 400                    every epoch's grid
+  facegan serve runs/00003-dcgan                                                  a demo page on 127.0.0.1:8000
+"""
+
+
+def _add_explore_commands(commands) -> None:
+    interpolate = commands.add_parser("interpolate", help="walk between seeds: a grid (.png) or a looping movie (.gif, .mp4)",
+                                      epilog=EXPLORE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    interpolate.add_argument("run", type=Path, help="a run directory, a checkpoint file or a .safetensors export")
+    interpolate.add_argument("--seeds", default="3,17,42", help="comma-separated seeds to walk through (default 3,17,42)")
+    interpolate.add_argument("--steps", type=_positive_int, default=8, help="images from one seed to the next, both included (default 8)")
+    interpolate.add_argument("--out", type=Path, required=True, help="walk.png (a grid), walk.gif or walk.mp4 (a movie)")
+    interpolate.add_argument("--lerp", action="store_true", help="linear interpolation instead of spherical (slerp)")
+    interpolate.add_argument("--truncation", type=float, default=1.0, metavar="PSI", help="0 to 1 (default 1: none)")
+    interpolate.add_argument("--fps", type=_positive_int, default=12, help="frames per second of a movie (default 12)")
+    interpolate.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    interpolate.set_defaults(handler=run_interpolate)
+
+    movie = commands.add_parser("movie", help="a run's training as a movie of its epoch grids (.gif or .mp4)",
+                                epilog=EXPLORE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    movie.add_argument("run", type=Path, help="a run directory")
+    movie.add_argument("--out", type=Path, required=True, help="progress.gif or progress.mp4")
+    movie.add_argument("--fps", type=_positive_int, default=4, help="frames (epochs) per second (default 4)")
+    movie.add_argument("--size", type=_positive_int, default=None,
+                       help="shrink each frame to this width in pixels (a README GIF: 300-400)")
+    movie.set_defaults(handler=run_movie)
+
+    serve = commands.add_parser("serve", help="a local demo page: faces by seed, truncation, a walk between seeds",
+                                epilog=EXPLORE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    serve.add_argument("run", type=Path, help="a run directory, a checkpoint, a .safetensors or an .onnx export")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=_natural_int, default=8000, help="port (default 8000)")
+    serve.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
+    serve.set_defaults(handler=run_serve)
+
+
+def run_interpolate(args: argparse.Namespace) -> None:
+    """`facegan interpolate`."""
+    from facegan.explore import interpolate, parse_seeds
+
+    out = interpolate(args.run, parse_seeds(args.seeds), args.steps, args.out, spherical=not args.lerp,
+                      truncation=args.truncation, device=args.device, fps=args.fps)
+    print(f"wrote {out}", file=sys.stderr)
+
+
+def run_movie(args: argparse.Namespace) -> None:
+    """`facegan movie`."""
+    from facegan.explore import movie
+
+    print(f"wrote {movie(args.run, args.out, fps=args.fps, size=args.size)}", file=sys.stderr)
+
+
+def run_serve(args: argparse.Namespace) -> None:
+    """`facegan serve`."""
+    from facegan.serve import serve
+
+    serve(args.run, host=args.host, port=args.port, device=args.device)
 
 
 def run_evaluate(args: argparse.Namespace) -> None:

@@ -33,6 +33,7 @@ MAX_GRID_IMAGES = 1024
 def sample(
     source: str | Path, count: int, out: str | Path, *, seed: int = 0, device: str = "auto",
     batch_size: int = 256, progress: bool = True, precision: str = "auto", attrs: str | None = None,
+    truncation: float = 1.0,
 ) -> Path:
     """Write `count` generated images: one grid if `out` ends in .png, else one PNG per image in folder `out`."""
     if count <= 0:
@@ -45,7 +46,7 @@ def sample(
                                f"{out.with_suffix('')}, for one PNG per image.")
         out = output_file(out, "--out")
         images = sample_array(source, count, seed=seed, device=device, batch_size=batch_size, precision=precision,
-                              attrs=attrs)
+                              attrs=attrs, truncation=truncation)
         return _save_png(viz.make_grid(images, nrow=min(count, max(1, round(math.sqrt(count))))), out)
     if out.exists() and not out.is_dir():
         raise FaceganError(f"{out} is a file; give a folder for one PNG per image, or a name ending in .png for a grid.")
@@ -53,7 +54,7 @@ def sample(
     if (out / MANIFEST).exists():  # its PNGs would sit among the dataset's files, and a --force prepare would delete them
         raise FaceganError(f"--out {out} is a prepared dataset; write the samples into a folder of their own, "
                            f"such as {out.parent / (out.name + '-samples')}.")
-    make = run_sampler(source, device, batch_size, precision, attrs)
+    make = run_sampler(source, device, batch_size, precision, attrs, truncation)
     _make_dir(out)
     width = max(6, len(str(count - 1)))
     index = 0
@@ -67,25 +68,26 @@ def sample(
 
 
 def sample_array(source: str | Path, count: int, *, seed: int = 0, device: str = "auto", batch_size: int = 256,
-                 precision: str = "auto", attrs: str | None = None) -> np.ndarray:
+                 precision: str = "auto", attrs: str | None = None, truncation: float = 1.0) -> np.ndarray:
     """`count` generated images as uint8 (N, H, W, 3), for measuring in memory.
 
     `precision` auto runs G in bf16 where the hardware is fast at it, as training does.
     """
-    make = run_sampler(source, device, batch_size, precision, attrs)
+    make = run_sampler(source, device, batch_size, precision, attrs, truncation)
     with _out_of_memory(batch_size):
         return np.concatenate(list(make(count, seed)))
 
 
 def run_sampler(source: str | Path, device: str = "auto", batch_size: int = 256, precision: str = "auto",
-                attrs: str | None = None) -> SampleFn:
+                attrs: str | None = None, truncation: float = 1.0) -> SampleFn:
     """The sampling function of a run, checkpoint or exported file, with `attrs` held for a conditional one."""
     torch_device = resolve_device(device)
     generator, config = load_generator(source, torch_device)
     fixed = parse_attrs(attrs or "", config.condition)
     labels = load_label_table(source) if config.condition else None
     fast = resolve_precision(precision, torch_device)
-    return sampler(generator, config.latent_dim, batch_size=batch_size, precision=fast, labels=labels, fixed=fixed)
+    return sampler(generator, config.latent_dim, batch_size=batch_size, precision=fast, labels=labels, fixed=fixed,
+                   truncation=truncation)
 
 
 def _out_of_memory(batch_size: int) -> contextlib.AbstractContextManager[None]:
