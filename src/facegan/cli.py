@@ -333,7 +333,7 @@ def run_train(args: argparse.Namespace) -> None:
     else:
         config = from_preset(args.preset or "dcgan", **overrides)
     run_dir = train(config, resume=args.resume, progress=not args.quiet)
-    if not args.quiet:
+    if not args.quiet and run_dir is not None:  # None: a torchrun process other than rank 0
         print(f"done: {run_dir}  (see {run_dir / 'samples'} and {run_dir / 'plots'}; "
               f"`facegan sample {run_dir} -n 64 --out faces.png`)", file=sys.stderr)
 
