@@ -124,9 +124,10 @@ def sampler(generator: nn.Module, latent_dim: int, *, batch_size: int = 500, pre
     """
     device = next(generator.parameters()).device
 
-    def sample(count: int, seed: int) -> Iterator[np.ndarray]:
+    def sample(count: int, seed: int, shard: tuple[int, int] = (0, 1)) -> Iterator[np.ndarray]:
+        # shard (i, n): only every n-th batch from the i-th, for one of n processes (the latents stay the same)
         return (generate(generator, z, batch_size, precision=precision)
-                for z in latent_batches(count, latent_dim, seed, batch_size, device))
+                for b, z in enumerate(latent_batches(count, latent_dim, seed, batch_size, device)) if b % shard[1] == shard[0])
 
     return sample
 

@@ -6,6 +6,7 @@ ranks of one thread each, on tiny models and data32 (96 images, a global batch o
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -15,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY_ARGS, assert_identical
@@ -195,3 +197,16 @@ def test_kill_9_of_one_rank_ends_the_job_within_a_minute_and_the_run_resumes(tmp
     epoch = _latest(run)["epoch"]
     _train(2, data32, runs, "--resume", str(run), "--epochs", str(epoch + 1))
     assert _latest(run)["epoch"] == epoch + 1
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def test_fid_on_two_ranks_equals_one_process(tmp_path, data32):
+    worker = Path(__file__).with_name("ddp_fid_worker.py")
+    for ranks in (1, 2):
+        _run(ranks, str(data32), str(tmp_path / f"{ranks}.json"), cwd=tmp_path, script=worker)
+    alone, shared = (json.loads((tmp_path / f"{ranks}.json").read_text()) for ranks in (1, 2))
+    assert np.array_equal(np.array(alone["fake"]), np.array(shared["fake"]))  # the same images, in the same order
+    assert shared["values"] == alone["values"] and alone["values"]["fid64"] > 0
+    assert shared["measured"] < 0.6 * alone["measured"]  # rank 0 measured about its half of the real and fake images

@@ -377,6 +377,8 @@ def _finish_epoch(state: TrainState, config: TrainConfig, run: _Run, guard: Dive
     if run.run_dir is not None:
         checkpoint.update(epoch=state.epoch, batch_in_epoch=0)
         _end_of_epoch(run.run_dir, config, state, run.dataset, run.fixed_noise, checkpoint)
+    if config.eval_every and state.epoch % config.eval_every == 0:  # every rank measures its share of the images
+        _evaluate_epoch(run.run_dir, config, state, run.dataset, checkpoint)
     distributed.barrier()  # the other ranks wait (bounded) for rank 0's grid, checkpoint and metrics
     run.saved_latest()
     return None
@@ -385,7 +387,7 @@ def _finish_epoch(state: TrainState, config: TrainConfig, run: _Run, guard: Dive
 @reporting_disk_errors("the epoch's samples and plots")
 def _end_of_epoch(run_dir: Path, config: TrainConfig, state: TrainState, dataset: PreparedDataset,
                   fixed_noise: torch.Tensor, checkpoint: dict) -> None:
-    """Grid, plots and checkpoints after each epoch, then any metrics (rank 0 only)."""
+    """Grid, plots and checkpoints after each epoch (rank 0 only)."""
     epoch = state.epoch
     fakes = generate(state.sampling_generator, fixed_noise)
     viz.save_png(viz.make_grid(fakes), run_dir / "samples" / f"epoch-{epoch:04d}.png")
@@ -398,8 +400,6 @@ def _end_of_epoch(run_dir: Path, config: TrainConfig, state: TrainState, dataset
     save_checkpoint(checkpoint, checkpoint_dir(run_dir) / LATEST)
     if config.checkpoint_every_epochs and epoch % config.checkpoint_every_epochs == 0:
         save_checkpoint(checkpoint, checkpoint_dir(run_dir) / epoch_checkpoint_name(epoch))
-    if config.eval_every and epoch % config.eval_every == 0:
-        _evaluate_epoch(run_dir, config, state, dataset, checkpoint)
 
 
 @reporting_disk_errors("the epoch's probability histogram")
@@ -407,7 +407,7 @@ def _plot_probabilities(real: np.ndarray, fake: np.ndarray, run_dir: Path, epoch
     plots.plot_probabilities(real, fake, run_dir / "plots" / f"probabilities-epoch-{epoch:04d}.png", title=f"epoch {epoch}")
 
 
-def _evaluate_epoch(run_dir: Path, config: TrainConfig, state: TrainState, dataset: PreparedDataset, checkpoint: dict) -> None:
+def _evaluate_epoch(run_dir: Path | None, config: TrainConfig, state: TrainState, dataset: PreparedDataset, checkpoint: dict) -> None:
     """Measure the sampling G against the training data; keep the checkpoint best on the first metric as best.pt."""
     metrics = parse_metrics(config.evaluate)
     generator = state.sampling_generator
@@ -416,6 +416,8 @@ def _evaluate_epoch(run_dir: Path, config: TrainConfig, state: TrainState, datas
                                 f"with `facegan evaluate {run_dir} --metrics {config.evaluate} --batch-size 50`"):
         values = evaluate(sampler(generator, config.latent_dim), dataset, metrics,
                           device=next(generator.parameters()).device, seed=config.seed)
+    if run_dir is None:  # a rank other than 0: its share is measured, rank 0 records the values
+        return
     first = metrics[0]
     primary, sign = first.value_keys()[0], (-1 if first.higher_is_better else 1)
     history = [r for r in read_metrics(run_dir) if primary in r]  # damaged lines set aside, with a warning
