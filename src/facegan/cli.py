@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -365,7 +366,8 @@ def run_evaluate(args: argparse.Namespace) -> None:
     metrics = parse_metrics(args.metrics)  # a misspelt metric fails before the network loads
     records = evaluate_run(args.run, dataset=args.data, metrics=metrics, checkpoint=args.checkpoint, device=args.device,
                            seed=args.seed, network=args.network, batch_size=args.batch_size, progress=not args.quiet)
-    print(format_table(records, metrics))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank measured; one prints
+        print(format_table(records, metrics))
 
 
 def run_fid(args: argparse.Namespace) -> None:
