@@ -149,12 +149,11 @@ def test_resume_across_world_sizes_continues_the_schedule_and_says_it_reseeds(tm
     assert "re-seeded" in result.stderr
     assert _latest(_only_run(two_to_one))["step"] == 2 * STEPS_PER_EPOCH
 
-    one_to_two = tmp_path / "b" / "runs"
-    _train(1, data32, one_to_two, "--epochs", "1")
-    result = _train(2, data32, one_to_two, "--resume", str(_only_run(one_to_two)), "--epochs", "2")
+    # The same run, its second epoch written by 1 process, resumed on 2 again.
+    result = _train(2, data32, two_to_one, "--resume", str(_only_run(two_to_one)), "--epochs", "3")
     assert "re-seeded" in result.stderr
-    checkpoint = _latest(_only_run(one_to_two))
-    assert checkpoint["step"] == 2 * STEPS_PER_EPOCH and len(checkpoint["noise_rng_ranks"]) == 2
+    checkpoint = _latest(_only_run(two_to_one))
+    assert checkpoint["step"] == 3 * STEPS_PER_EPOCH and len(checkpoint["noise_rng_ranks"]) == 2
 
 
 def test_a_batch_the_ranks_cannot_share_is_refused_in_one_sentence():
