@@ -102,6 +102,7 @@ def printed(tmp_path_factory) -> dict[str, dict]:
     jobs = {"throughput": ["--tiny", "--device", "cpu", "--rounds", "1", "--steps", "1"],
             "learn": ["--minutes", "0", "--datasets", "synthetic", "--faces", "32", "--width", "8", "--batch", "16",
                       "--samples", "16"],
+            "scaling": ["--tiny", "--cpu-only"],
             "fid_agreement": ["--help"], "fid_floor": ["--help"], "metrics": ["--help"]}
     shared = work / "shared"
     if CELEBA.exists():
@@ -174,6 +175,16 @@ def test_prepare_prints_speed_against_the_plain_loop_for_each_stage(printed):
         assert count == images and rate > 0 and baseline > 0
         assert ratio == pytest.approx(rate / baseline, abs=0.06, rel=0.02)  # printed to one decimal
         assert ("yes" in row.split()) != ("NO" in row.split())
+
+
+def test_scaling_prints_images_per_second_and_efficiency_for_one_and_two_processes(printed):
+    text = output(printed, "scaling")
+    columns, rows = table(text, "setting")
+    assert columns == ["setting", "processes", "threads", "images/s", "efficiency", "vs 1 x 2 threads"]
+    assert [numbers(row)[1:3] for row in rows] == [[1, 1], [1, 2], [2, 1]]  # after the global batch's 16
+    assert_finite(rows)
+    assert rows[0].split()[-2] == "100%" and rows[1].split()[-1] == "1.00x"  # the two baselines
+    assert all(numbers(row)[3] > 0 for row in rows)
 
 
 def test_throughput_prints_facegan_against_plain_and_the_sweep(printed):

@@ -18,7 +18,7 @@ from facegan.train import schedule
 TODAYS_FIELD_FLAGS = {
     "--data": "data", "--condition": "condition", "--balance": "balance", "--epochs": "epochs", "--batch-size": "batch_size", "--latent-dim": "latent_dim",
     "--g-width": "g_width", "--d-width": "d_width", "--lr-g": "lr_g", "--lr-d": "lr_d", "--seed": "seed",
-    "--device": "device", "--runs-dir": "runs_dir", "--precision": "precision", "--compile": "compile",
+    "--device": "device", "--sync-bn": "sync_bn", "--runs-dir": "runs_dir", "--precision": "precision", "--compile": "compile",
     "--synthetic-count": "synthetic_count", "--checkpoint-every": "checkpoint_every_epochs",
     "--checkpoint-steps": "checkpoint_every_steps", "--log-every": "log_every", "--max-rollbacks": "max_rollbacks",
     "--rollback-lr-factor": "rollback_lr_factor", "--model": "model", "--loss": "loss", "--d-steps": "d_steps",

@@ -187,7 +187,10 @@ def audit_run(
     # Classify real held-out images and generated ones.
     heldout, heldout_what = real_heldout(model, dataset)
     real_predicted = predict(model, dataset.take(heldout)) >= 0.5
-    batches = list(sampler(generator, config.latent_dim, batch_size=500)(count, seed))
+    from facegan.generation import load_label_table
+
+    table = load_label_table(run) if config.condition else None  # a conditional run: labels as in training
+    batches = list(sampler(generator, config.latent_dim, batch_size=500, labels=table)(count, seed))
     fake_images = np.concatenate(batches)
     fake_predicted = predict(model, fake_images) >= 0.5
 
@@ -241,7 +244,7 @@ def conditional_accuracy(run: Path, generator: torch.nn.Module, config, model: C
         figures = model.heldout[name]
         k = model.attributes.index(name)
         for value in (1, 0):
-            sample = sampler(generator, config.latent_dim, batch_size=500, conditions=table, fixed={name: bool(value)})
+            sample = sampler(generator, config.latent_dim, batch_size=500, labels=table, fixed={name: bool(value)})
             shows = predict(model, np.concatenate(list(sample(each, seed)))) [:, k] >= 0.5
             observed = rate(shows == bool(value))
             positive = corrected_rate(rate(shows), figures["tpr"], figures["fpr"])

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -358,7 +359,7 @@ def run_train(args: argparse.Namespace) -> None:
     else:
         config = from_preset(args.preset or "dcgan", **overrides)
     run_dir = train(config, resume=args.resume, progress=not args.quiet)
-    if not args.quiet:
+    if not args.quiet and run_dir is not None:  # None: a torchrun process other than rank 0
         print(f"done: {run_dir}  (see {run_dir / 'samples'} and {run_dir / 'plots'}; "
               f"`facegan sample {run_dir} -n 64 --out faces.png`)", file=sys.stderr)
 
@@ -467,7 +468,8 @@ def run_evaluate(args: argparse.Namespace) -> None:
     metrics = parse_metrics(args.metrics)  # a misspelt metric fails before the network loads
     records = evaluate_run(args.run, dataset=args.data, metrics=metrics, checkpoint=args.checkpoint, device=args.device,
                            seed=args.seed, network=args.network, batch_size=args.batch_size, progress=not args.quiet)
-    print(format_table(records, metrics))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank measured; one prints
+        print(format_table(records, metrics))
 
 
 def run_fid(args: argparse.Namespace) -> None:

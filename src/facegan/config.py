@@ -131,6 +131,8 @@ class TrainConfig:
     seed: int = _option(0, "seed of initialisation, noise and batch order", type="natural")
     # Where and how.
     device: str = _option("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+    # Under torchrun: BatchNorm over the global batch instead of each process's share (torchrun only).
+    sync_bn: bool = _option(False, "under torchrun, BatchNorm statistics over all processes' images", type="bool")
     # Number format of the models' arithmetic: auto = bf16 where the hardware runs it natively
     # (AVX-512 BF16/AMX CPUs, Ampere+ GPUs), else fp32. Weights, BatchNorm statistics, losses
     # and optimizer state are float32 in every mode.

@@ -149,12 +149,14 @@ def sampler(generator: nn.Module, latent_dim: int, *, batch_size: int = 500, pre
     if labels is None and getattr(generator, "num_attributes", 0):
         raise ValueError("a conditional generator samples with its training labels (labels=LabelTable)")
 
-    def sample(count: int, seed: int) -> Iterator[np.ndarray]:
+    def sample(count: int, seed: int, shard: tuple[int, int] = (0, 1)) -> Iterator[np.ndarray]:
+        # shard (i, n): only every n-th batch from the i-th, for one of n processes (the latents stay the same)
         conditions = (torch.from_numpy(labels.draw(count, seed, fixed)).split(batch_size) if labels is not None
                       else itertools.repeat(None))
         return (generate(generator, truncate(z, truncation), batch_size, precision=precision,
                          labels=c if c is None else c.to(device))
-                for z, c in zip(latent_batches(count, latent_dim, seed, batch_size, device), conditions))
+                for b, (z, c) in enumerate(zip(latent_batches(count, latent_dim, seed, batch_size, device), conditions))
+                if b % shard[1] == shard[0])
 
     return sample
 

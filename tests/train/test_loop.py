@@ -176,7 +176,7 @@ def test_only_rank_zero_writes_and_each_rank_draws_its_share(tmp_path, data32, m
     monkeypatch.setattr(loop, "to_model_input", lambda batch: drawn.append(batch.numpy().copy()) or original(batch))
     result = train(tiny(tmp_path, data32, epochs=1), progress=False, rank=1, world_size=2)
     assert result is None and not (tmp_path / "runs").exists()
-    assert len(drawn) == 3  # 96 images / 2 ranks / batches of 16
+    assert len(drawn) == 6  # 96 images / 2 ranks / shares of 8 of the global batch of 16: as many steps as one process
     dataset = open_prepared(data32)
-    expected = list(dataset.batches(16, seed=0, epoch=0, rank=1, world_size=2))
+    expected = list(dataset.batches(8, seed=0, epoch=0, rank=1, world_size=2))
     assert all(np.array_equal(a, b) for a, b in zip(drawn, expected))

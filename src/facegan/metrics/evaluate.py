@@ -19,6 +19,7 @@ values; `append_metrics(run_dir, record)` writes them and redraws the plot.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import tempfile
@@ -31,12 +32,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from facegan import plots, viz
+from facegan import distributed, plots, viz
 from facegan.data import PreparedDataset, open_prepared
 from facegan.data.builtin import open_data
 from facegan.errors import FaceganError, FaceganWarning
 from facegan.files import write_atomically
-from facegan.generation import SampleFn, load_generator, sampler
+from facegan.generation import SampleFn, load_generator, load_label_table, sampler
 from facegan.metrics import fid as fid_math
 from facegan.metrics.inception import RESIZE_MODE, Inception, features, load_inception
 from facegan.metrics.names import VALUE_KEY, Metric, as_metrics
@@ -134,16 +135,29 @@ def real_features(dataset: PreparedDataset, count: int, network: Inception, *, b
     """float32 (min(count, N), 2048) features of the dataset's real images for a count, from the cache if it matches."""
     indices = real_subset(dataset, count)
     key = cache_key(dataset, len(indices), network)
-    if key is not None:
-        cached = _read_cached(cache_path(key), key)
-        if cached is not None:
-            return cached
+    cached = _read_cached(cache_path(key), key) if key is not None else None
+    if not distributed.any_rank(cached is None, device=torch.device("cpu"))[0]:  # every rank has them (or is alone)
+        return cached
     step = 1024  # memory-mapped rows read at a time
-    batches = (dataset.take(indices[i : i + step]) for i in range(0, len(indices), step))
-    values = features(network, batches, batch_size=batch_size, progress=progress, total=len(indices))
-    if key is not None:
+    rank, ranks = distributed.rank(), distributed.world_size()
+    batches = (dataset.take(indices[i : i + step]) for b, i in enumerate(range(0, len(indices), step)) if b % ranks == rank)
+    values = _shared_features(network, batches, batch_size=batch_size, progress=progress, total=len(indices))
+    if key is not None and rank == 0:
         _write_cached(cache_path(key), key, values)
     return values
+
+
+def _shared_features(network: Inception, mine: Iterable[np.ndarray], *, batch_size: int | None, progress: bool,
+                     total: int) -> np.ndarray:
+    """Features of every rank's batches in their order, from this rank's share: batches rank, rank + n, rank + 2n...
+    (each measured as one process measures it, so the result is the one process's)."""
+    ranks = distributed.world_size()
+    if ranks == 1:
+        return features(network, mine, batch_size=batch_size, progress=progress, total=total)
+    share = [features(network, array, batch_size=batch_size) for array in mine]
+    shares = distributed.gather(share)
+    ordered = [shares[b % ranks][b // ranks] for b in range(sum(len(s) for s in shares))]
+    return np.concatenate(ordered) if ordered else np.zeros((0, 2048), np.float32)
 
 
 # ----------------------------------------------------------------------------- generated features
@@ -152,9 +166,14 @@ def real_features(dataset: PreparedDataset, count: int, network: Inception, *, b
 def generated_features(sample: SampleFn, count: int, network: Inception, *, seed: int = 0,
                        batch_size: int | None = None, progress: bool = False) -> np.ndarray:
     """float32 (count, 2048) features of the `count` images `sample(count, seed)` makes."""
-    images = sample(count, seed)
-    batches = [images] if isinstance(images, np.ndarray) else images
-    values = features(network, batches, batch_size=batch_size, progress=progress, total=count)
+    ranks = distributed.world_size()
+    if ranks > 1 and "shard" in inspect.signature(sample).parameters:  # each rank makes and measures its share
+        images = sample(count, seed, shard=(distributed.rank(), ranks))
+        values = _shared_features(network, images, batch_size=batch_size, progress=progress, total=count)
+    else:
+        images = sample(count, seed)
+        batches = [images] if isinstance(images, np.ndarray) else images
+        values = features(network, batches, batch_size=batch_size, progress=progress, total=count)
     if len(values) != count:
         raise ValueError(f"the sampling function made {len(values)} images when asked for {count}")
     return values
@@ -292,28 +311,31 @@ def evaluate_run(
     run = Path(run).expanduser()
     paths = _checkpoints(run, checkpoint)  # a wrong path fails before the network loads
     torch_device = resolve_device(device)
-    inception = load_inception(network, torch_device, progress=progress)
-    records: list[dict] = []
-    for path in paths:
-        run_dir = run if (run / "config.json").is_file() else _run_dir_of(path)
-        described = _describe(path, run_dir)
-        if path.name == "latest.pt" and any(r["step"] == described["step"] for r in records):
-            continue  # `all`: latest.pt is usually the last epoch's checkpoint again
-        generator, config = load_generator(path, torch_device)
-        data = open_data(dataset if dataset is not None else config.data, config.synthetic_count, config.resolution,
-                         progress=progress)
-        if data.resolution != config.resolution:
-            warn(f"the generator makes {config.resolution}px images and {data.path} holds {data.resolution}px ones; "
-                 "both are resized to 299px, but the comparison is unusual.")
-        with out_of_memory(batch_size):
-            values = evaluate(sampler(generator, config.latent_dim), data, parsed, device=torch_device, seed=seed,
-                              network=inception, batch_size=batch_size, progress=progress)
-        record = {**described, **values, "checkpoint": str(path), "dataset": str(data.path),
-                  "real_images": {m.name: min(m.count, len(data)) for m in parsed}, "seed": seed,
-                  "network": inception.sha256, "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        if run_dir is not None:
-            append_metrics(run_dir, record)
-        records.append(record)
+    # Under torchrun every rank makes and measures its share of the images; rank 0 writes the records.
+    with distributed.process_group(torch_device):
+        progress = progress and distributed.rank() == 0
+        inception = load_inception(network, torch_device, progress=progress)
+        records: list[dict] = []
+        for path in paths:
+            run_dir = run if (run / "config.json").is_file() else _run_dir_of(path)
+            described = _describe(path, run_dir)
+            if path.name == "latest.pt" and any(r["step"] == described["step"] for r in records):
+                continue  # `all`: latest.pt is usually the last epoch's checkpoint again
+            generator, config = load_generator(path, torch_device)
+            data = open_data(dataset if dataset is not None else config.data, config.synthetic_count, config.resolution,
+                             progress=progress)
+            if data.resolution != config.resolution:
+                warn(f"the generator makes {config.resolution}px images and {data.path} holds {data.resolution}px ones; "
+                     "both are resized to 299px, but the comparison is unusual.")
+            with out_of_memory(batch_size):
+                values = evaluate(sampler(generator, config.latent_dim, labels=load_label_table(path)), data, parsed, device=torch_device, seed=seed,
+                                  network=inception, batch_size=batch_size, progress=progress)
+            record = {**described, **values, "checkpoint": str(path), "dataset": str(data.path),
+                      "real_images": {m.name: min(m.count, len(data)) for m in parsed}, "seed": seed,
+                      "network": inception.sha256, "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            if run_dir is not None and distributed.rank() == 0:
+                append_metrics(run_dir, record)
+            records.append(record)
     return records
 
 

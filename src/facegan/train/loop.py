@@ -12,7 +12,9 @@ import contextlib
 import logging
 import math
 import os
+import signal
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,12 +23,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from facegan import plots, viz
+from facegan import distributed, plots, viz
 from facegan.conditions import grid_conditions
 from facegan.config import RESOLUTIONS, TrainConfig, validate
 from facegan.data import PreparedDataset
 from facegan.data.builtin import open_data
-from facegan.errors import FaceganError, Interrupted
+from facegan.errors import FaceganError, FaceganWarning, Interrupted
 from facegan.files import reporting_disk_errors
 from facegan.generation import generate, sampler
 from facegan.metrics.evaluate import append_metrics, evaluate, read_metrics
@@ -74,15 +76,19 @@ def train(config: TrainConfig, *, resume: Path | None = None, progress: bool = T
     """Train (or resume) a run; return its directory (None on ranks other than 0, whose `rank` and
     `world_size` default to torchrun's). One process trains a run at a time (a lock); SIGTERM and SIGINT
     stop at the next step, after writing latest.pt (Interrupted); a NaN rolls back to the last good checkpoint."""
-    rank = int(os.environ.get("RANK", "0")) if rank is None else rank
-    world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
-    with contextlib.ExitStack() as held:  # the run's lock and signal handlers, released however training ends
+    with contextlib.ExitStack() as held:  # the process group, the run's lock and signal handlers, released however training ends
+        # Under torchrun, join the process group first: every rank then knows its rank and its device.
+        if held.enter_context(distributed.process_group(resolve_device(config.device))):
+            rank, world_size = distributed.rank(), distributed.world_size()
+        rank = int(os.environ.get("RANK", "0")) if rank is None else rank
+        world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
+        batch = distributed.per_rank_batch(config.batch_size, world_size)  # --batch-size is the global batch
         # Resume or start.
         run = _resume_or_start(config, resume, rank == 0, progress, held, world_size)
         state, run_dir = run.state, run.run_dir
         stop = held.enter_context(stop_on_signals())  # from here on SIGTERM and SIGINT stop at a step boundary
         guard, source = DivergenceGuard(run.device), run.source
-        steps_per_epoch = source.steps_per_epoch(config.batch_size, world_size)
+        steps_per_epoch = source.steps_per_epoch(batch, world_size)  # the same at any world size
         total_g_steps = max(1, config.epochs * (steps_per_epoch // config.d_steps))  # the end of any lr decay
         batches, meter = None, None
         while state.epoch < config.epochs:
@@ -94,7 +100,7 @@ def train(config: TrainConfig, *, resume: Path | None = None, progress: bool = T
                     run.roll_back(config, guard, diverged)
                 continue
             if batches is None:
-                batches = source.epoch(config.batch_size, seed=config.seed, epoch=state.epoch, rank=rank,
+                batches = source.epoch(batch, seed=config.seed, epoch=state.epoch, rank=rank,
                                        world_size=world_size, skip=state.batch_in_epoch)
                 meter = _EpochMeter.start(state, config, steps_per_epoch, progress and run_dir is not None, world_size)
             images, labels = next(batches)
@@ -119,17 +125,20 @@ def train(config: TrainConfig, *, resume: Path | None = None, progress: bool = T
             # and, with every weight, before anything is saved: nothing diverged is ever written.
             guard.observe(*(out[k] for k in ("loss_d", "loss_g", "gp", "r1") if k in out))
             logging_now = update_g and state.step % config.log_every == 0
-            saving = bool(run_dir is not None and update_g and config.checkpoint_every_steps
-                          and state.step % config.checkpoint_every_steps == 0)
+            saving = bool(update_g and config.checkpoint_every_steps and state.step % config.checkpoint_every_steps == 0)
             epoch_done = state.batch_in_epoch == steps_per_epoch
             stopping = bool(stop)  # read once: a signal between two reads would find no checkpoint made
+            if world_size > 1:  # a signal on any rank, or a NaN on any, stops or rolls back every rank at this step
+                stopping, nonfinite = distributed.any_rank(stopping, guard.nonfinite, device=run.device)
+                guard.nonfinite.fill_(nonfinite)
             snapshot = state.to_checkpoint(config, run.fixed_noise) if saving or stopping else None
-            diverged = guard.check(read=saving or stopping or logging_now, checkpoint=snapshot)
+            diverged = _agreed(guard.check(read=saving or stopping or logging_now, checkpoint=snapshot), snapshot)
             if not diverged:
                 meter.observe(out, state, config, len(images), logging_now, run_dir)
                 if saving:
-                    save_checkpoint(snapshot, checkpoint_dir(run_dir) / LATEST)
-                    run.last_good = checkpoint_dir(run_dir) / LATEST
+                    if run_dir is not None:
+                        save_checkpoint(snapshot, checkpoint_dir(run_dir) / LATEST)
+                    run.saved_latest()
                 if stopping:
                     _stop_at_signal(stop, state, snapshot, run_dir, saved=saving, meter=meter)
                 if epoch_done:  # every weight is checked before the epoch's grid and checkpoints are made
@@ -150,6 +159,14 @@ def train(config: TrainConfig, *, resume: Path | None = None, progress: bool = T
     return run_dir
 
 
+def _agreed(diverged: str | None, checked: object) -> str | None:
+    """Why any rank found a divergence, on every rank (a gather only when a checkpoint's weights were checked:
+    the loss flag is agreed already)."""
+    if checked is None or not distributed.active():
+        return diverged
+    return next((reason for reason in distributed.gather(diverged) if reason), None)
+
+
 # ----------------------------------------------------------------------------- resume or start
 
 
@@ -164,7 +181,13 @@ class _Run:
     fixed_noise: torch.Tensor
     run_dir: Path | None
     last_good: Path | None  # the checkpoint a divergence rolls back to; None: the run's start
+    checkpoints: Path | None  # the run's checkpoint folder, known on every rank (rank 0 writes it, all read it back)
     rollbacks: int = 0  # by this invocation
+
+    def saved_latest(self) -> None:
+        """latest.pt was just written (by rank 0): a divergence now rolls back to it, on every rank."""
+        if self.checkpoints is not None:  # None: a rank simulated without a process group, which sees no run directory
+            self.last_good = self.checkpoints / LATEST
 
     def roll_back(self, config: TrainConfig, guard: DivergenceGuard, reason: str) -> None:
         """Restore the last good checkpoint with lower learning rates (guard.roll_back), counting the rollbacks."""
@@ -199,10 +222,15 @@ def _resume_or_start(config: TrainConfig, resume: Path | None, is_main: bool, pr
     state.labels = source.label_table()
     if checkpoint is not None:
         try:
-            restore_state(state, checkpoint)
+            reseeded = restore_state(state, checkpoint)
         except (RuntimeError, KeyError, ValueError) as error:
             raise FaceganError(f"{last_good} does not fit the models of its own configuration "
                                f"({str(error).strip().splitlines()[0][:160]}); it is not a usable checkpoint.") from None
+        if reseeded and is_main:
+            warnings.warn(f"{last_good} was written by {len(checkpoint.get('noise_rng_ranks', [0]))} process(es) and "
+                          f"resumes on {world_size}: the schedule and batches continue as they were, but each rank's noise "
+                          "is re-seeded (from the seed, its rank and the step), so the run is no longer bit-identical "
+                          "to one that never changed its world size.", FaceganWarning, stacklevel=3)
         _resume_learning_rates(state, config, checkpoint)
         fixed_noise = checkpoint["fixed_noise"].to(device)
         if not is_main:
@@ -215,10 +243,12 @@ def _resume_or_start(config: TrainConfig, resume: Path | None, is_main: bool, pr
         if is_main:
             run_dir = start_run_dir(config, fixed_noise, dataset)
             held.enter_context(run_lock(run_dir))
+    state.parallel = distributed.parallel(state.generator, state.discriminator, device, sync_bn=config.sync_bn)
+    checkpoints = distributed.broadcast(checkpoint_dir(run_dir) if run_dir is not None else None)
     if is_main and progress:
         log.info(f"training {config.preset} on {dataset.path} ({len(dataset):,} images of {dataset.resolution}px) "
-                 f"on {device} ({state.precision.name}); run directory {run_dir}")
-    return _Run(state, device, dataset, source, fixed_noise, run_dir, last_good)
+                 f"on {device} ({state.precision.name}){f' x {world_size} processes' if world_size > 1 else ''}; run directory {run_dir}")
+    return _Run(state, device, dataset, source, fixed_noise, run_dir, last_good, checkpoints)
 
 
 def _training_data(config: TrainConfig, progress: bool, world_size: int) -> PreparedDataset:
@@ -234,8 +264,8 @@ def _training_data(config: TrainConfig, progress: bool, world_size: int) -> Prep
                            f"cannot be built at; prepare the source again with --size 32, 64 or 128 (any of "
                            f"{', '.join(map(str, RESOLUTIONS))}).")
     config.resolution = dataset.resolution
-    if len(dataset) < config.batch_size * world_size:
-        raise FaceganError(f"the data has {len(dataset)} images, fewer than one batch of {config.batch_size} per process; "
+    if len(dataset) < config.batch_size:
+        raise FaceganError(f"the data has {len(dataset)} images, fewer than one batch of {config.batch_size}; "
                            "lower --batch-size.")
     return dataset
 
@@ -287,6 +317,8 @@ class _EpochMeter:
             self.probabilities.append((torch.sigmoid(out["real_logits"]), torch.sigmoid(out["fake_logits"])))
         if not logging_now:
             return
+        if self.world_size > 1:  # the global batch's losses and penalties, not rank 0's share of it
+            out = out | distributed.mean_over_ranks({k: out[k] for k in ("loss_d", "loss_g", "gp", "r1") if k in out})
         # The only host-device synchronisation: values are read back when logged.
         record = _record(state, out, self.images / (time.perf_counter() - self.started), config, self.world_size)
         self.losses.append((record["loss_d"], record["loss_g"]))
@@ -323,7 +355,7 @@ def _record(state: TrainState, out: dict, rate: float, config: TrainConfig, worl
     record = {
         "step": state.step,
         "epoch": state.epoch + 1,
-        "kimg": state.d_updates * config.batch_size * world_size / 1000,  # real images D has seen
+        "kimg": state.d_updates * config.batch_size / 1000,  # real images D has seen, on all ranks (the global batch)
         "loss_d": float(out["loss_d"]),
         "loss_g": float(out["loss_g"]),
         "logit_real": float(out["real_logits"].mean()),
@@ -341,21 +373,26 @@ def _record(state: TrainState, out: dict, rate: float, config: TrainConfig, worl
 def _finish_epoch(state: TrainState, config: TrainConfig, run: _Run, guard: DivergenceGuard) -> str | None:
     """Close an epoch: check every weight, then (rank 0) the grid, plots, checkpoints and metrics; why it diverged, or None."""
     diverged = guard.check(read=True, checkpoint=(checkpoint := state.to_checkpoint(config, run.fixed_noise)))
+    diverged = _agreed(diverged, checkpoint)
     if diverged:
         return diverged
+    distributed.check_consistent(state.generator, state.discriminator)  # the ranks' G and D are one model
     state.epoch += 1
     state.batch_in_epoch = 0
     if run.run_dir is not None:
         checkpoint.update(epoch=state.epoch, batch_in_epoch=0)
         _end_of_epoch(run.run_dir, config, state, run.dataset, run.fixed_noise, checkpoint)
-        run.last_good = checkpoint_dir(run.run_dir) / LATEST
+    if config.eval_every and state.epoch % config.eval_every == 0:  # every rank measures its share of the images
+        _evaluate_epoch(run.run_dir, config, state, run.dataset, checkpoint)
+    distributed.barrier()  # the other ranks wait (bounded) for rank 0's grid, checkpoint and metrics
+    run.saved_latest()
     return None
 
 
 @reporting_disk_errors("the epoch's samples and plots")
 def _end_of_epoch(run_dir: Path, config: TrainConfig, state: TrainState, dataset: PreparedDataset,
                   fixed_noise: torch.Tensor, checkpoint: dict) -> None:
-    """Grid, plots and checkpoints after each epoch, then any metrics (rank 0 only)."""
+    """Grid, plots and checkpoints after each epoch (rank 0 only)."""
     epoch = state.epoch
     if config.condition:
         save_conditional_grid(state.sampling_generator, fixed_noise, config.condition,
@@ -374,8 +411,6 @@ def _end_of_epoch(run_dir: Path, config: TrainConfig, state: TrainState, dataset
     save_checkpoint(checkpoint, checkpoint_dir(run_dir) / LATEST)
     if config.checkpoint_every_epochs and epoch % config.checkpoint_every_epochs == 0:
         save_checkpoint(checkpoint, checkpoint_dir(run_dir) / epoch_checkpoint_name(epoch))
-    if config.eval_every and epoch % config.eval_every == 0:
-        _evaluate_epoch(run_dir, config, state, dataset, checkpoint)
 
 
 def save_conditional_grid(generator: torch.nn.Module, fixed_noise: torch.Tensor, names: tuple[str, ...], path: Path,
@@ -395,7 +430,7 @@ def _plot_probabilities(real: np.ndarray, fake: np.ndarray, run_dir: Path, epoch
     plots.plot_probabilities(real, fake, run_dir / "plots" / f"probabilities-epoch-{epoch:04d}.png", title=f"epoch {epoch}")
 
 
-def _evaluate_epoch(run_dir: Path, config: TrainConfig, state: TrainState, dataset: PreparedDataset, checkpoint: dict) -> None:
+def _evaluate_epoch(run_dir: Path | None, config: TrainConfig, state: TrainState, dataset: PreparedDataset, checkpoint: dict) -> None:
     """Measure the sampling G against the training data; keep the checkpoint best on the first metric as best.pt."""
     metrics = parse_metrics(config.evaluate)
     generator = state.sampling_generator
@@ -404,6 +439,8 @@ def _evaluate_epoch(run_dir: Path, config: TrainConfig, state: TrainState, datas
                                 f"with `facegan evaluate {run_dir} --metrics {config.evaluate} --batch-size 50`"):
         values = evaluate(sampler(generator, config.latent_dim, labels=state.labels), dataset, metrics,
                           device=next(generator.parameters()).device, seed=config.seed)
+    if run_dir is None:  # a rank other than 0: its share is measured, rank 0 records the values
+        return
     first = metrics[0]
     primary, sign = first.value_keys()[0], (-1 if first.higher_is_better else 1)
     history = [r for r in read_metrics(run_dir) if primary in r]  # damaged lines set aside, with a warning
@@ -422,10 +459,12 @@ def _stop_at_signal(stop: StopRequest, state: TrainState, checkpoint: dict, run_
     """Write latest.pt (rank 0; unless this step's is already written) and raise Interrupted saying how to resume."""
     meter.close()
     where = f"epoch {state.epoch + 1}, batch {state.batch_in_epoch}"
+    signum = stop.signum or signal.SIGTERM  # None: the signal came to another rank
+    name = stop.name or f"{signal.Signals(signum).name} on another process"
     if run_dir is None:
-        raise Interrupted(f"stopped by {stop.name} at step {state.step} ({where}); rank 0 writes the checkpoint.", stop.signum)
+        raise Interrupted(f"stopped by {name} at step {state.step} ({where}); rank 0 writes the checkpoint.", signum)
     latest = checkpoint_dir(run_dir) / LATEST
     if not saved:
         save_checkpoint(checkpoint, latest)
-    raise Interrupted(f"stopped by {stop.name} at step {state.step} ({where}) and saved {latest}; "
-                      f"continue with `facegan train --resume {run_dir}`.", stop.signum)
+    raise Interrupted(f"stopped by {name} at step {state.step} ({where}) and saved {latest}; "
+                      f"continue with `facegan train --resume {run_dir}`.", signum)

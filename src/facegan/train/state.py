@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from facegan import distributed
 from facegan.conditions import LabelTable
 from facegan.config import TrainConfig
 from facegan.models import build_models
@@ -36,6 +37,7 @@ class TrainState:
     # One scaler, always: active for float16, a pass-through (enabled=False) in every other format.
     scaler: torch.amp.GradScaler = field(default_factory=lambda: torch.amp.GradScaler("cpu", enabled=False))
     compiled: tuple[nn.Module, nn.Module] | None = None  # torch.compile'd G and D sharing the weights
+    parallel: tuple[nn.Module, nn.Module] | None = None  # under torchrun: G and D each in DistributedDataParallel
     ema: EMA | None = None  # the moving average of G, when config.ema_kimg > 0
     d_updates: int = 0  # D updates so far (more than `step` with several D steps per G step)
     lr_scale: float = 1.0  # lowered by each divergence rollback; multiplies the configured (and scheduled) rates
@@ -46,7 +48,7 @@ class TrainState:
     @property
     def models(self) -> tuple[nn.Module, nn.Module]:
         """The G and D that the step runs: the compiled ones when compiled."""
-        return self.compiled or (self.generator, self.discriminator)
+        return self.parallel or self.compiled or (self.generator, self.discriminator)
 
     @property
     def sampling_generator(self) -> nn.Module:
@@ -62,6 +64,8 @@ class TrainState:
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
             "noise_rng": self.noise.get_state(),
+            # Every rank's noise (gathered: each draws its own latents), so a resume at the same world size is exact.
+            "noise_rng_ranks": distributed.gather(self.noise.get_state().cpu()),
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "step": self.step,
@@ -87,7 +91,7 @@ def build_state(config: TrainConfig, resolution: int, device: torch.device) -> T
     adam = dict(betas=config.betas, **({"fused": True} if device.type == "cuda" else {"foreach": True}))
     opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr_g, **adam)
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=config.lr_d, **adam)
-    noise = torch.Generator(device=device).manual_seed(config.seed)
+    noise = torch.Generator(device=device).manual_seed(config.seed + distributed.rank())  # each rank its own draws
     precision = resolve_precision(config.precision, device)
     return TrainState(generator, discriminator, opt_g, opt_d, noise, precision=precision, scaler=precision.scaler(),
                       compiled=compile_models(generator, discriminator, config.compile, device),
@@ -107,13 +111,20 @@ def compile_models(generator: nn.Module, discriminator: nn.Module, mode: str,
     return torch.compile(generator, **options), torch.compile(discriminator, **options)
 
 
-def restore_state(state: TrainState, checkpoint: dict) -> None:
-    """Load a checkpoint's tensors into a freshly built state."""
+def restore_state(state: TrainState, checkpoint: dict) -> bool:
+    """Load a checkpoint's tensors into a freshly built state; True when its noise was re-seeded because the
+    checkpoint was written by another number of processes (each rank draws its own noise)."""
     state.generator.load_state_dict(checkpoint["generator"])
     state.discriminator.load_state_dict(checkpoint["discriminator"])
     state.opt_g.load_state_dict(checkpoint["opt_g"])
     state.opt_d.load_state_dict(checkpoint["opt_d"])
-    state.noise.set_state(checkpoint["noise_rng"])
+    noise_states = checkpoint.get("noise_rng_ranks", [checkpoint["noise_rng"]])
+    reseeded = len(noise_states) != distributed.world_size()
+    if reseeded:  # same schedule, new draws: seeded by the seed, rank and step, so the resume is still reproducible
+        config_seed = checkpoint["config"].get("seed", 0)
+        state.noise.manual_seed(hash((config_seed, distributed.rank(), checkpoint["step"])) & (2**63 - 1))
+    else:
+        state.noise.set_state(noise_states[distributed.rank()])
     if state.scaler.is_enabled() and "scaler" in checkpoint:
         state.scaler.load_state_dict(checkpoint["scaler"])
     if state.ema is not None:  # a run that turns the EMA on when resumed starts it from G
@@ -121,3 +132,4 @@ def restore_state(state: TrainState, checkpoint: dict) -> None:
     state.epoch, state.batch_in_epoch, state.step = checkpoint["epoch"], checkpoint["batch_in_epoch"], checkpoint["step"]
     state.d_updates = checkpoint.get("d_updates", state.step)
     state.lr_scale = checkpoint.get("lr_scale", 1.0)
+    return reseeded

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
+from facegan import distributed
 from facegan.augment import diff_augment, random_flip
 from facegan.config import TrainConfig
 from facegan.losses import LOSSES, gradient_penalty, r1_penalty
@@ -76,7 +77,8 @@ def update_generator(state: TrainState, fakes: torch.Tensor | None, labels: torc
     _, g_loss = LOSSES[config.loss]
     G, D = state.models
     augment = _augmenter(config, state.noise)
-    with frozen(state.discriminator):
+    # Under torchrun D also skips the all-reduce: none of its gradients exist (stylegan2-ada's ddp_sync).
+    with frozen(state.discriminator), distributed.no_sync(D):
         with state.precision.autocast():
             if fakes is None:
                 z = torch.randn(batch, config.latent_dim, generator=state.noise, device=state.noise.device)
@@ -86,6 +88,7 @@ def update_generator(state: TrainState, fakes: torch.Tensor | None, labels: torc
         _backward_and_step(loss_g, state.opt_g, state.scaler)
     state.step += 1
     if state.ema is not None:
+        distributed.average_buffers(state.generator)  # BatchNorm statistics differ per rank: one EMA on every rank
         images = state.step * config.batch_size
         state.ema.update(state.generator, beta_for(config.ema_kimg * 1000, config.batch_size, images, config.ema_rampup))
     return {"loss_g": loss_g.detach()}
