@@ -94,3 +94,16 @@ def test_bad_onnx_files_and_formats_are_one_sentence(tmp_path, capsys, run):
         export(run, tmp_path / "g.pt", "onnx")
     with pytest.raises(FaceganError, match="--format must be one of"):
         export(run, tmp_path / "g.x", "pickle")
+
+
+def test_a_conditional_generator_exports_with_its_condition_input(tmp_path, data32):
+    run = train(tiny(tmp_path, data32, epochs=1, condition=("Smiling", "Male")), progress=False)
+    out = export(run, tmp_path / "c.onnx", "onnx")
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert session.get_modelmeta().custom_metadata_map["conditions"] == '["Smiling", "Male"]'
+    z, c = latents(6, 100, 3), torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]] * 2)
+    images = session.run(["images"], {"z": z.numpy(), "c": c.numpy()})[0]
+    generator, _ = load_generator(run)
+    with torch.no_grad():
+        reference = generator(z, c).float().numpy()
+    assert np.abs(images - reference).max() <= 1e-4

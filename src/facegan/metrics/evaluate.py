@@ -328,7 +328,7 @@ def evaluate_run(
                 warn(f"the generator makes {config.resolution}px images and {data.path} holds {data.resolution}px ones; "
                      "both are resized to 299px, but the comparison is unusual.")
             with out_of_memory(batch_size):
-                values = evaluate(sampler(generator, config.latent_dim, labels=load_label_table(path)), data, parsed, device=torch_device, seed=seed,
+                values = evaluate(sampler(generator, config.latent_dim, labels=load_label_table(path) if config.condition else None), data, parsed, device=torch_device, seed=seed,
                                   network=inception, batch_size=batch_size, progress=progress)
             record = {**described, **values, "checkpoint": str(path), "dataset": str(data.path),
                       "real_images": {m.name: min(m.count, len(data)) for m in parsed}, "seed": seed,

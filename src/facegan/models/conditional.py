@@ -38,6 +38,11 @@ def check_condition(c: torch.Tensor | None, num_attributes: int, batch: int) -> 
         raise ValueError(f"expected a condition of shape ({batch}, {num_attributes}), got {tuple(c.shape)}")
 
 
+def normalise(norm: nn.Module, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+    """A block's norm applied: conditional ones take c; a plain (or Sync) BatchNorm takes x alone."""
+    return norm(x, c) if isinstance(norm, ConditionalBatchNorm2d) else norm(x)
+
+
 class ConditionalBatchNorm2d(nn.Module):
     """BatchNorm2d whose per-channel gain and bias come from the condition."""
 

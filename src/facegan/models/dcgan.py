@@ -29,6 +29,7 @@ from facegan.models.conditional import (
     ConditionalBatchNorm2d,
     Projection,
     check_condition,
+    normalise,
 )
 
 
@@ -80,9 +81,7 @@ class GBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """(B, in, H, W) -> (B, out, 2H, 2W), or (B, latent, 1, 1) -> (B, out, 4, 4)."""
-        h = self.conv(x)
-        h = self.norm(h, c) if isinstance(self.norm, ConditionalBatchNorm2d) else self.norm(h)
-        return self.act(h)
+        return self.act(normalise(self.norm, self.conv(x), c))
 
 
 class ToRGB(nn.Module):

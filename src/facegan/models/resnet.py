@@ -37,6 +37,7 @@ from facegan.models.conditional import (
     ConditionalBatchNorm2d,
     Projection,
     check_condition,
+    normalise,
 )
 from facegan.models.dcgan import (
     check_images,
@@ -81,13 +82,9 @@ class GBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """(B, in, H, W) -> (B, out, 2H, 2W); b1 and b2 take c when they are conditional."""
-        h = self.c1(_upsample(F.relu(self._norm(self.b1, x, c))))
-        h = self.c2(F.relu(self._norm(self.b2, h, c)))
+        h = self.c1(_upsample(F.relu(normalise(self.b1, x, c))))
+        h = self.c2(F.relu(normalise(self.b2, h, c)))
         return h + _upsample(self.c_sc(x))
-
-    @staticmethod
-    def _norm(norm: nn.Module, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
-        return norm(x, c) if isinstance(norm, ConditionalBatchNorm2d) else norm(x)
 
 
 class DBlock(nn.Module):
