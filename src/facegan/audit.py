@@ -29,7 +29,7 @@ from facegan.data.prepared import PreparedDataset
 from facegan.errors import FaceganError
 from facegan.files import write_atomically
 from facegan.generation import load_generator, sampler
-from facegan.plots import _new_figure, _save_figure, _style
+from facegan.plots import new_figure, save_figure, style_axes
 from facegan.runtime import resolve_device
 
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
@@ -375,7 +375,7 @@ def plot_rates(report: dict, path: str | os.PathLike) -> Path:
     series = [("labels", "training labels", "#4c72b0"), ("classifier_real", "classifier on real", "#8fb0d8"),
               ("classifier_generated", "classifier on generated", "#dd8452"),
               ("corrected_generated", "generated, corrected", "#c44e52")]
-    figure = _new_figure((max(6.0, 1.3 * len(names) + 2), 4.2))
+    figure = new_figure((max(6.0, 1.3 * len(names) + 2), 4.2))
     ax = figure.add_subplot()
     width = 0.8 / len(series)
     x = np.arange(len(names))
@@ -390,11 +390,11 @@ def plot_rates(report: dict, path: str | os.PathLike) -> Path:
             high.append(0.0 if value is None else max(0.0, entry["high"] - value))
         ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=label, color=colour,
                yerr=[low, high], capsize=2, error_kw={"linewidth": 0.8})
-    _style(ax)
+    style_axes(ax)
     ax.set_xticks(x, names, rotation=30, ha="right")
     ax.set_ylim(0, 1)
     ax.set_ylabel("share of images")
     ax.set_title(f"who gets generated: {report['generated']:,} samples (95% Wilson intervals)", fontsize=10)
     ax.legend(fontsize=8, frameon=False)
-    return _save_figure(figure, path)
+    return save_figure(figure, path)
 

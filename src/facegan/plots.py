@@ -127,13 +127,14 @@ def set_aside_damaged(path: str | os.PathLike, damaged: Sequence[tuple[int, byte
 # ------------------------------------------------------------------ writing
 
 
-def _new_figure(size: tuple[float, float]) -> Figure:
+def new_figure(size: tuple[float, float]) -> Figure:
+    """A white, constrained-layout figure with its own Agg canvas: no pyplot, so no global state."""
     figure = Figure(figsize=size, dpi=DPI, layout="constrained", facecolor="white")
     FigureCanvasAgg(figure)
     return figure
 
 
-def _save_figure(figure: Figure, path: str | os.PathLike) -> Path:
+def save_figure(figure: Figure, path: str | os.PathLike) -> Path:
     """Write a figure as PNG atomically and free what it holds."""
     try:
         return write_atomically(path, lambda target: figure.savefig(target, format="png", dpi=DPI))
@@ -144,7 +145,8 @@ def _save_figure(figure: Figure, path: str | os.PathLike) -> Path:
         figure.clear()
 
 
-def _style(ax: Axes) -> None:
+def style_axes(ax: Axes) -> None:
+    """The house style of every plot: a light grid behind the data and no top or right spine."""
     ax.grid(True, color="#dddddd", linewidth=0.6)
     ax.set_axisbelow(True)
     for side in ("top", "right"):
@@ -305,7 +307,7 @@ def plot_losses(stats: list[dict], path: str | os.PathLike, epoch_steps: list[in
 
     boundaries, epochs = _epoch_boundaries(x, _column(records, "epoch"), epoch_steps)
 
-    figure = _new_figure(CURVE_SIZE_WITH_D if probabilities else CURVE_SIZE)
+    figure = new_figure(CURVE_SIZE_WITH_D if probabilities else CURVE_SIZE)
     if probabilities:
         ax, ax_d = figure.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     else:
@@ -318,7 +320,7 @@ def plot_losses(stats: list[dict], path: str | os.PathLike, epoch_steps: list[in
     ax.set_title(_progress_title(records[-1], x_label, x[-1]), fontsize=11, loc="left")
     for axes in (ax, ax_d):
         if axes is not None:
-            _style(axes)
+            style_axes(axes)
             _draw_epochs(axes, boundaries)
             _x_axis(axes, x, whole=True)
     _number_epochs(ax, boundaries, epochs)
@@ -333,7 +335,7 @@ def plot_losses(stats: list[dict], path: str | os.PathLike, epoch_steps: list[in
         ax_d.set_ylabel("D's probability")
         ax_d.legend(loc=_quiet_corner(ax_d, [line for _, line in drawn]), fontsize=8, framealpha=0.9)
     (ax_d or ax).set_xlabel(x_label)
-    return _save_figure(figure, path)
+    return save_figure(figure, path)
 
 
 def _epoch_boundaries(
@@ -400,9 +402,9 @@ def plot_metric(records: list[dict], key: str, path: str | os.PathLike, ylabel: 
     if not np.isfinite(values).any():
         raise ValueError(f"{key!r} has no finite numeric value to plot")
 
-    figure = _new_figure(CURVE_SIZE)
+    figure = new_figure(CURVE_SIZE)
     ax = figure.subplots()
-    _style(ax)
+    style_axes(ax)
     marker = "o" if x.size <= 60 else None
     _x_axis(ax, x, whole=x_key in ("step", "epoch", None))
     if values.shape[1] == 1:
@@ -423,7 +425,7 @@ def plot_metric(records: list[dict], key: str, path: str | os.PathLike, ylabel: 
         ax.legend(loc=corner, fontsize=9, ncols=2 if values.shape[1] > 6 else 1)
     ax.set_xlabel(x_label)
     ax.set_ylabel(ylabel if ylabel is not None else key)
-    return _save_figure(figure, path)
+    return save_figure(figure, path)
 
 
 def _metric_values(rows: list[dict], key: str) -> np.ndarray:
@@ -483,9 +485,9 @@ def plot_probabilities(real: np.ndarray, fake: np.ndarray, path: str | os.PathLi
     real = _probabilities(real, "real")
     fake = _probabilities(fake, "fake")
     bins = np.linspace(0.0, 1.0, HIST_BINS + 1)
-    figure = _new_figure(CURVE_SIZE)
+    figure = new_figure(CURVE_SIZE)
     ax = figure.subplots()
-    _style(ax)
+    style_axes(ax)
     # Fractions, not counts, so a batch of 64 real and 256 generated images compare directly.
     for values, colour, name in ((real, COLOURS["real"], "real"), (fake, COLOURS["fake"], "generated")):
         fractions = np.histogram(values, bins=bins)[0] / values.size
@@ -502,7 +504,7 @@ def plot_probabilities(real: np.ndarray, fake: np.ndarray, path: str | os.PathLi
     ax.legend(loc="upper center", fontsize=9, framealpha=0.9)
     heading = "discriminator on real and generated images"
     ax.set_title(f"{title}  —  {heading}" if title else heading, fontsize=11, loc="left")
-    return _save_figure(figure, path)
+    return save_figure(figure, path)
 
 
 # ------------------------------------------------------------------ image sheets
