@@ -1,0 +1,345 @@
+"""Latent arithmetic: an attribute's direction in latent space, faces moved along it, and how well that works.
+
+- `fit_direction`: N latents of a seed are made into faces and scored by an attribute classifier;
+  the direction is the mean latent of the faces it scores high minus that of those it scores low
+  (probability >= 0.5 against < 0.5, or with `quantile` q the top q against the bottom q).
+  `difference_of_means` is that last step, pure.
+- The direction is saved beside the run (RUN/directions/ATTRIBUTE.safetensors) with what it was
+  fitted with: the attribute, N, the seed, the classifier's path and SHA-256, latent_dim and a hash
+  of G's weights. A later call asking for the same is given the saved one; one asking otherwise
+  (another classifier, N, checkpoint...) fits it again, as `refit` does.
+- `arithmetic`: a grid (a row per seed, a column per multiple of the direction, centred on the
+  seed's own latent, the middle column) and the attribute's rate along the steps: for each
+  multiple, the share of M fresh latents (drawn from seed + 1, never the fit's) that the classifier
+  calls positive once moved by it, with 95% Wilson intervals. Written as FILE.png and FILE.json.
+
+A conditional run's faces are drawn with labels from its training labels, as `sample` does (the
+values in `attrs` held); a latent's labels stay the same along its row, so only the latent moves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from facegan import viz
+from facegan.audit import rate
+from facegan.classifier import Classifier, load_classifier, predict
+from facegan.conditions import LabelTable, describe, parse_attrs
+from facegan.errors import FaceganError, FaceganWarning
+from facegan.files import sha256_file, write_atomically
+from facegan.generation import (
+    generate,
+    latent_batches,
+    latents,
+    load_generator,
+    load_label_table,
+)
+from facegan.paths import output_file
+from facegan.runtime import resolve_device
+
+FORMAT = "facegan-direction"
+FORMAT_VERSION = 1
+SUFFIX = ".safetensors"
+MAX_FIT = 50_000  # latents held at once to fit (50k x 512 floats: 100 MB)
+MAX_MEASURE = 20_000
+MAX_SEEDS = 32
+MAX_STEPS = 25
+MIN_SIDE = 20  # fewer faces than this on one side: the mean is mostly noise (warned, not refused)
+BATCH = 256
+# What must match for a saved direction to be reused.
+FIT_KEYS = ("attribute", "count", "seed", "quantile", "attrs", "classifier_sha256", "latent_dim", "generator_hash")
+
+
+# ----------------------------------------------------------------------------- the direction
+
+
+def difference_of_means(z: torch.Tensor, probabilities: np.ndarray, quantile: float | None = None
+                        ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """mean(z[high]) - mean(z[low]) of latents (N, D) scored (N,), and the two bool masks.
+
+    high / low: probability >= 0.5 / < 0.5, or with `quantile` q the top and bottom q of the scores
+    (round(q N) each, at least one). Either side empty: the direction is NaN (the caller refuses).
+    """
+    assert z.ndim == 2 and len(z) == len(probabilities), f"expected (N, D) latents and N scores, got {tuple(z.shape)}, {len(probabilities)}"
+    p = np.asarray(probabilities, np.float64)
+    if quantile is None:
+        high, low = p >= 0.5, p < 0.5
+    else:
+        order = np.argsort(p, kind="stable")
+        k = max(1, round(quantile * len(p)))
+        low, high = np.zeros(len(p), bool), np.zeros(len(p), bool)
+        low[order[:k]], high[order[len(p) - k :]] = True, True
+
+    def mean(mask: np.ndarray) -> torch.Tensor:  # NaN for an empty side
+        return z[torch.from_numpy(mask)].double().mean(dim=0)
+
+    return (mean(high) - mean(low)).float(), high, low
+
+
+def attribute_scores(generator: nn.Module, classifier: Classifier, column: int, z: torch.Tensor,
+                     labels: torch.Tensor | None = None, batch_size: int = BATCH) -> np.ndarray:
+    """The classifier's probability (N,) of attribute `column` on the faces of latents z (N, D) (and labels, if conditional)."""
+    device = next(generator.parameters()).device
+    out = []
+    for start in range(0, len(z), batch_size):
+        c = None if labels is None else labels[start : start + batch_size].to(device)
+        images = generate(generator, z[start : start + batch_size].to(device), batch_size, labels=c)
+        out.append(predict(classifier, images, batch_size=batch_size)[:, column])
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def fit_direction(generator: nn.Module, latent_dim: int, classifier: Classifier, attribute: str, *, count: int = 2000,
+                  seed: int = 0, quantile: float | None = None, labels: LabelTable | None = None,
+                  fixed: Mapping[str, bool] | None = None, classifier_name: str = "the classifier") -> dict:
+    """The direction of `attribute` over `count` latents of `seed`: {"direction": (D,) tensor, "high", "low", "norm"}."""
+    column = classifier_column(classifier, attribute, classifier_name)
+    if not 2 <= count <= MAX_FIT:
+        raise FaceganError(f"-n must be from 2 to {MAX_FIT:,} latents to fit a direction over, not {count:,}.")
+    if quantile is not None and not 0 < quantile <= 0.5:
+        raise FaceganError(f"--quantile must be above 0 and at most 0.5 (the top and bottom share), not {quantile}.")
+    z = torch.cat(list(latent_batches(count, latent_dim, seed, BATCH)))
+    c = torch.from_numpy(labels.draw(count, seed, fixed)) if labels is not None else None
+    scores = attribute_scores(generator, classifier, column, z, c)
+    direction, high, low = difference_of_means(z, scores, quantile)
+    split = f"the top and bottom {quantile:.0%} of scores" if quantile is not None else "probability 0.5"
+    for side, mask, word in (("high", high, "at or above"), ("low", low, "below")):
+        if not mask.any():
+            raise FaceganError(f"none of the {count:,} faces scores {word} 0.5 for {attribute} by {classifier_name} "
+                               f"(the {side} side is empty), so there is no direction between the two sides; "
+                               "try --quantile 0.2, more faces (-n) or another attribute.")
+    small = min(int(high.sum()), int(low.sum()))
+    if small < MIN_SIDE:
+        warnings.warn(FaceganWarning(
+            f"only {small} of {count:,} faces are on one side of {split} for {attribute}; its mean is noisy, "
+            "so the direction is too: raise -n or use --quantile."), stacklevel=2)
+    return {"direction": direction, "high": int(high.sum()), "low": int(low.sum()), "norm": float(direction.norm()),
+            "mean_score": float(scores.mean())}
+
+
+def classifier_column(classifier: Classifier, attribute: str, name: str = "the classifier") -> int:
+    """The column of `attribute` in the classifier's outputs; one sentence listing what it knows if it has none."""
+    if attribute not in classifier.attributes:
+        raise FaceganError(f"{name} does not know {attribute!r}; it knows {', '.join(classifier.attributes)}.")
+    return classifier.attributes.index(attribute)
+
+
+def weights_hash(generator: nn.Module) -> str:
+    """A SHA-256 of G's weights (names and float32 bytes): the same G from a run, a checkpoint or an export."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(generator.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- the saved direction
+
+
+def directions_dir(source: str | os.PathLike) -> Path:
+    """Where a source's directions are kept: RUN/directions for a run or a checkpoint in one, FILE-directions beside a file."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path / "directions"
+    if path.parent.name == "checkpoints" and (path.parent.parent / "config.json").is_file():
+        return path.parent.parent / "directions"
+    return path.parent / f"{path.stem}-directions"
+
+
+def save_direction(path: Path, direction: torch.Tensor, metadata: Mapping[str, object]) -> Path:
+    """The direction (D,) as safetensors, its fit in the metadata (JSON values), atomically."""
+    meta = {"format": FORMAT, "version": str(FORMAT_VERSION), **{k: json.dumps(v) for k, v in metadata.items()}}
+    tensor = direction.detach().to("cpu", torch.float32).contiguous()
+    return write_atomically(path, lambda target: save_file({"direction": tensor}, str(target), metadata=meta))
+
+
+def load_direction(path: str | os.PathLike) -> tuple[torch.Tensor, dict]:
+    """A saved direction and its fit; one sentence for a damaged or foreign file."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as file:
+            raw = file.metadata() or {}
+            if raw.get("format") != FORMAT or raw.get("version") != str(FORMAT_VERSION):
+                raise FaceganError(f"{path} is not a facegan direction of format {FORMAT_VERSION}; delete it or add --refit.")
+            direction = file.get_tensor("direction")
+        metadata = {k: json.loads(v) for k, v in raw.items() if k not in ("format", "version")}
+    except (SafetensorError, OSError, ValueError, KeyError) as error:  # ValueError: JSON too
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:120]
+        raise FaceganError(f"{path} is damaged ({first}); add --refit to fit the direction again.") from None
+    if direction.ndim != 1 or not torch.isfinite(direction).all():
+        raise FaceganError(f"{path} holds no finite direction vector; add --refit to fit it again.")
+    return direction, metadata
+
+
+# ----------------------------------------------------------------------------- moving along it
+
+
+def multiples(steps: int, scale: float) -> list[float]:
+    """`steps` multiples of the direction from -scale to +scale; steps is odd, so the middle one is 0 (the seed's own face)."""
+    if steps < 3 or steps > MAX_STEPS or steps % 2 == 0:
+        raise FaceganError(f"--steps must be odd and from 3 to {MAX_STEPS} (the middle column is the seed's own face), not {steps}.")
+    if not math.isfinite(scale) or scale <= 0:
+        raise FaceganError(f"--scale must be a positive number of directions, not {scale}.")
+    values = np.linspace(-scale, scale, steps)
+    values[steps // 2] = 0.0  # exactly
+    return [float(v) for v in values]
+
+
+def rates_along(generator: nn.Module, classifier: Classifier, column: int, direction: torch.Tensor, steps: Sequence[float],
+                z: torch.Tensor, labels: torch.Tensor | None = None) -> list[dict]:
+    """For each multiple m, the share of latents z (M, D) classified positive once moved to z + m * direction."""
+    rows = []
+    for m in steps:
+        scores = attribute_scores(generator, classifier, column, z + m * direction, labels)
+        rows.append({"multiple": m, **rate(scores >= 0.5), "mean_probability": float(scores.mean())})
+    return rows
+
+
+def grid_picture(images: np.ndarray, seeds: Sequence[int], steps: Sequence[float]) -> np.ndarray:
+    """A row per seed, a column per multiple, the seeds named on the left and the multiples on top."""
+    size = images.shape[1]
+    grid = viz.caption_rows(viz.make_grid(images, nrow=len(steps)), [f"seed {s}" for s in seeds], size)
+    left = grid.shape[1] - (2 + len(steps) * (size + 2))
+    header = Image.new("RGB", (grid.shape[1], 14), "white")
+    draw, font = ImageDraw.Draw(header), ImageFont.load_default()
+    for i, m in enumerate(steps):
+        draw.text((left + 2 + i * (size + 2) + size // 2, 7), f"{m:+g}" if m else "0", fill="black", font=font, anchor="mm")
+    return np.concatenate([np.asarray(header), grid], axis=0)
+
+
+def arithmetic(
+    source: str | os.PathLike,
+    attribute: str,
+    classifier: str | os.PathLike | Classifier,
+    out: str | os.PathLike,
+    *,
+    seeds: Sequence[int] = (0, 1, 2, 3),
+    steps: int = 9,
+    scale: float = 2.0,
+    count: int = 2000,
+    measure: int = 1000,
+    seed: int = 0,
+    quantile: float | None = None,
+    attrs: str | None = None,
+    refit: bool = False,
+    device: str = "auto",
+) -> dict:
+    """Fit (or reuse) the direction of `attribute`, draw its grid to `out` (.png) and its rates to out's .json; the report."""
+    out = output_file(out, "--out", suffixes=(".png",))
+    if not 1 <= len(seeds) <= MAX_SEEDS or any(s < 0 for s in seeds):
+        raise FaceganError(f"--seeds needs 1 to {MAX_SEEDS} seeds of 0 or more, not {len(seeds)}.")
+    if not 0 <= measure <= MAX_MEASURE:
+        raise FaceganError(f"--measure must be from 0 to {MAX_MEASURE:,} fresh faces a step, not {measure:,}.")
+    along = multiples(steps, scale)
+    if Path(source).suffix.lower() == ".onnx":
+        raise FaceganError(f"{source} is an ONNX file; latent arithmetic runs G in torch: give its run or a .safetensors export.")
+    torch_device = resolve_device(device)
+    classifier_path = None if isinstance(classifier, Classifier) else Path(classifier).expanduser()
+    model = classifier if classifier_path is None else load_classifier(classifier_path, torch_device)
+    name = str(classifier_path) if classifier_path else "the classifier"
+    column = classifier_column(model, attribute, name)
+    generator, config = load_generator(source, torch_device)
+    if model.resolution != config.resolution:
+        raise FaceganError(f"the classifier {name} reads {model.resolution}px images but {source} makes "
+                           f"{config.resolution}px ones; train a classifier at {config.resolution}px.")
+    fixed = parse_attrs(attrs or "", config.condition)
+    table = load_label_table(source) if config.condition else None
+
+    # Fit the direction, or reuse the saved one fitted the same way.
+    asked = {"attribute": attribute, "count": count, "seed": seed, "quantile": quantile, "attrs": describe(fixed),
+             "classifier_sha256": sha256_file(classifier_path) if classifier_path else "",
+             "latent_dim": config.latent_dim, "generator_hash": weights_hash(generator)}
+    saved = directions_dir(source) / f"{attribute}{SUFFIX}"
+    direction, fit, reused, why = _saved_fit(saved, asked, refit)
+    if direction is None:
+        fitted = fit_direction(generator, config.latent_dim, model, attribute, count=count, seed=seed, quantile=quantile,
+                               labels=table, fixed=fixed, classifier_name=name)
+        direction = fitted.pop("direction")
+        fit = {**asked, **fitted, "classifier": str(classifier_path or ""), "source": str(source),
+               "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        save_direction(saved, direction, fit)
+    assert direction.shape == (config.latent_dim,), f"direction {tuple(direction.shape)} for latent_dim {config.latent_dim}"
+
+    # The grid: each seed's latent (as `sample -n 1 --seed S` draws it) moved along the direction.
+    device_of = next(generator.parameters()).device
+    rows = torch.cat([latents(1, config.latent_dim, s) for s in seeds])
+    steps_t = torch.tensor(along).reshape(1, -1, 1)
+    z = (rows[:, None, :] + steps_t * direction).reshape(-1, config.latent_dim)
+    c = _labels_of(table, seeds, fixed, len(along))
+    images = generate(generator, z.to(device_of), labels=None if c is None else c.to(device_of))
+    viz.save_png(grid_picture(images, seeds, along), out)
+
+    # How well it works: fresh latents (seed + 1: none of the fit's) moved by each multiple, classified.
+    measured = []
+    if measure:
+        fresh = latents(measure, config.latent_dim, seed + 1)
+        fresh_labels = torch.from_numpy(table.draw(measure, seed + 1, fixed)) if table is not None else None
+        measured = rates_along(generator, model, column, direction, along, fresh, fresh_labels)
+    report = {
+        "format": "facegan-arithmetic", "version": 1, "attribute": attribute, "source": str(source),
+        "classifier": str(classifier_path or "(in memory)"),
+        "classifier_heldout": {k: model.heldout.get(attribute, {}).get(k) for k in ("accuracy", "balanced_accuracy", "tpr", "fpr")},
+        "direction": {"file": str(saved), "reused": reused, "refit_because": why,
+                      **{k: fit.get(k) for k in ("count", "seed", "quantile", "attrs", "high", "low", "norm",
+                                                 "latent_dim", "classifier_sha256", "generator_hash", "time")}},
+        "grid": {"file": str(out), "seeds": list(seeds), "multiples": along},
+        "rates": {"samples": measure, "seed": seed + 1, "threshold": 0.5, "steps": measured},
+        "condition": list(config.condition), "attrs": describe(fixed),
+    }
+    write_atomically(out.with_suffix(".json"),
+                     lambda path: path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8"))
+    return report
+
+
+def _saved_fit(path: Path, asked: Mapping[str, object], refit: bool) -> tuple[torch.Tensor | None, dict, bool, str | None]:
+    """(direction, its fit, True, None) when `path` holds a fit of exactly `asked`; else (None, {}, False, why)."""
+    if refit:
+        return None, {}, False, "--refit" if path.exists() else None
+    if not path.exists():
+        return None, {}, False, None
+    direction, fit = load_direction(path)
+    differs = [key for key in FIT_KEYS if fit.get(key) != asked[key]]
+    if differs:
+        return None, {}, False, f"the saved one was fitted with another {', '.join(differs)}"
+    return direction, fit, True, None
+
+
+def _labels_of(table: LabelTable | None, seeds: Sequence[int], fixed: Mapping[str, bool], repeat: int) -> torch.Tensor | None:
+    """A conditional grid's labels: each seed's own draw (as `sample -n 1 --seed S`), the same along its row."""
+    if table is None:
+        return None
+    rows = np.concatenate([table.draw(1, s, fixed) for s in seeds])
+    return torch.from_numpy(np.repeat(rows, repeat, axis=0))
+
+
+def format_rates(report: dict) -> str:
+    """The rates along the steps as a table (also for pasting into notes)."""
+    d, r = report["direction"], report["rates"]
+    held = report["classifier_heldout"]
+    accuracy = f"{held['accuracy']:.1%}" if isinstance(held.get("accuracy"), (int, float)) else "-"
+    where = ("reused " if d["reused"] else "saved to ") + d["file"]
+    lines = [(f"{report['attribute']} direction: mean latent of {d['high']:,} faces scored high minus {d['low']:,} "
+              f"scored low (of {d['count']:,}; |direction| {d['norm']:.3f}; {where})"),
+             f"classifier {report['classifier']} (held-out accuracy on {report['attribute']}: {accuracy})"]
+    if not r["steps"]:
+        return "\n".join(lines + ["(no rates measured: --measure 0)"])
+    lines += [f"rate of {report['attribute']} in {r['samples']:,} fresh faces (seed {r['seed']}) moved by each multiple:",
+              f"{'multiple':>8} {'rate':>7} {'95% interval':>17} {'mean p':>7}"]
+    for row in r["steps"]:
+        lines.append(f"{row['multiple']:>+8.2f} {row['rate']:>7.1%} {'[' + format(row['low'], '.1%') + ', ' + format(row['high'], '.1%') + ']':>17} "
+                     f"{row['mean_probability']:>7.3f}")
+    return "\n".join(lines)
+
