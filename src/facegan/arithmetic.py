@@ -107,15 +107,11 @@ def fit_direction(generator: nn.Module, latent_dim: int, classifier: Classifier,
                   fixed: Mapping[str, bool] | None = None, classifier_name: str = "the classifier") -> dict:
     """The direction of `attribute` over `count` latents of `seed`: {"direction": (D,) tensor, "high", "low", "norm"}."""
     column = classifier_column(classifier, attribute, classifier_name)
-    if not 2 <= count <= MAX_FIT:
-        raise FaceganError(f"-n must be from 2 to {MAX_FIT:,} latents to fit a direction over, not {count:,}.")
-    if quantile is not None and not 0 < quantile <= 0.5:
-        raise FaceganError(f"--quantile must be above 0 and at most 0.5 (the top and bottom share), not {quantile}.")
+    check_fit(count, quantile)
     z = torch.cat(list(latent_batches(count, latent_dim, seed, BATCH)))
     c = torch.from_numpy(labels.draw(count, seed, fixed)) if labels is not None else None
     scores = attribute_scores(generator, classifier, column, z, c)
     direction, high, low = difference_of_means(z, scores, quantile)
-    split = f"the top and bottom {quantile:.0%} of scores" if quantile is not None else "probability 0.5"
     for side, mask, word in (("high", high, "at or above"), ("low", low, "below")):
         if not mask.any():
             raise FaceganError(f"none of the {count:,} faces scores {word} 0.5 for {attribute} by {classifier_name} "
@@ -123,11 +119,20 @@ def fit_direction(generator: nn.Module, latent_dim: int, classifier: Classifier,
                                "try --quantile 0.2, more faces (-n) or another attribute.")
     small = min(int(high.sum()), int(low.sum()))
     if small < MIN_SIDE:
+        split = f"the top and bottom {quantile:.0%} of scores" if quantile is not None else "probability 0.5"
         warnings.warn(FaceganWarning(
-            f"only {small} of {count:,} faces are on one side of {split} for {attribute}; its mean is noisy, "
-            "so the direction is too: raise -n or use --quantile."), stacklevel=2)
+            f"only {small} of {count:,} faces are on the {'high' if high.sum() == small else 'low'} side ({split}) of "
+            f"{attribute}; the mean of so few is noisy, and so is the direction: raise -n or use --quantile."), stacklevel=2)
     return {"direction": direction, "high": int(high.sum()), "low": int(low.sum()), "norm": float(direction.norm()),
             "mean_score": float(scores.mean())}
+
+
+def check_fit(count: int, quantile: float | None) -> None:
+    """One sentence for a count or quantile no direction can be fitted with."""
+    if not 2 <= count <= MAX_FIT:
+        raise FaceganError(f"-n must be from 2 to {MAX_FIT:,} latents to fit a direction over, not {count:,}.")
+    if quantile is not None and not (math.isfinite(quantile) and 0 < quantile <= 0.5):
+        raise FaceganError(f"--quantile must be above 0 and at most 0.5 (the top and bottom share), not {quantile}.")
 
 
 def classifier_column(classifier: Classifier, attribute: str, name: str = "the classifier") -> int:
@@ -244,6 +249,7 @@ def arithmetic(
     if not 0 <= measure <= MAX_MEASURE:
         raise FaceganError(f"--measure must be from 0 to {MAX_MEASURE:,} fresh faces a step, not {measure:,}.")
     along = multiples(steps, scale)
+    check_fit(count, quantile)
     if Path(source).suffix.lower() == ".onnx":
         raise FaceganError(f"{source} is an ONNX file; latent arithmetic runs G in torch: give its run or a .safetensors export.")
     torch_device = resolve_device(device)
