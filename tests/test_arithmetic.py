@@ -162,6 +162,8 @@ def test_a_conditional_run_holds_its_attrs(setup, tmp_path):
     assert (report["direction"]["high"], report["direction"]["low"]) == (8, 8)  # a quarter of 32 on each side
     with pytest.raises(FaceganError, match="not conditioned on 'Smiling'"):
         arithmetic(run, "Smiling", path, tmp_path / "c.png", steps=3, count=32, attrs="Smiling=1", device="cpu")
+    with pytest.raises(FaceganError, match="--analogy works on unconditional runs"):
+        arithmetic(run, "Smiling", path, tmp_path / "c.png", steps=3, count=32, analogy_with="Male", device="cpu")
 
 
 def test_the_command_and_its_refusals(setup, tmp_path, capsys):
@@ -200,3 +202,36 @@ def test_a_classifier_of_another_resolution_is_refused(setup, tmp_path):
                                              precision="fp32"), tmp_path / "c64.safetensors")
     with pytest.raises(FaceganError, match="reads 64px images but .* makes 32px ones"):
         arithmetic(run, "Male", wrong, tmp_path / "x.png", steps=3, count=8, device="cpu")
+
+
+def test_the_analogy_of_the_dcgan_paper(setup, tmp_path, capsys):
+    run, path, constant, _ = setup
+    out = tmp_path / "male.png"
+    report = arithmetic(run, "Male", path, out, steps=3, count=64, measure=0, analogy_with="Smiling", trials=20,
+                        device="cpu")
+    a = report["analogy"]
+    assert Path(a["file"]) == tmp_path / "male-analogy.png"
+    picture = np.asarray(Image.open(a["file"]))
+    assert picture.shape[0] == 14 + 2 + 4 * 34 and picture.shape[1] > 2 + 4 * 34  # 3 exemplars and their means, 4 columns
+    # The terms' pools, counted here from the classifier's own scores of the fit's faces.
+    scores = predict(load_classifier(path), sample_array(run, 64, seed=0, device="cpu", precision="fp32")) >= 0.5
+    male, smiling = scores[:, 0], scores[:, 1]
+    assert [t["faces"] for t in a["terms"]] == [int((male & ~smiling).sum()), int((~male & ~smiling).sum()),
+                                                int((~male & smiling).sum())]
+    assert [t["kind"] for t in a["terms"]] == ["Male=1,Smiling=0", "Male=0,Smiling=0", "Male=0,Smiling=1"]
+    assert [t["sign"] for t in a["terms"]] == [1, -1, 1]
+    assert a["random_face_rate_both"] == pytest.approx((male & smiling).mean())
+    for key in ("Male", "Smiling", "both"):
+        assert a["result_rates"][key]["count"] == 20 and 0 <= a["result_rates"][key]["rate"] <= 1
+    assert 0 <= a["mean_result"]["Male"] <= 1
+    assert json.loads(out.with_suffix(".json").read_text())["analogy"]["trials"] == 20
+    assert "analogy (Male=1,Smiling=0) - (Male=0,Smiling=0) + (Male=0,Smiling=1)" in format_rates(report)
+
+    base = ["arithmetic", str(run), "-n", "32", "--measure", "0", "--steps", "3", "--device", "cpu", "--out", str(tmp_path / "x.png")]
+    for extra, message in [(["--classifier", str(path), "--vector", "Male", "--analogy", "Male"], "needs an attribute other than"),
+                           (["--classifier", str(path), "--vector", "Male", "--analogy", "Bald"], "does not know 'Bald'"),
+                           (["--classifier", str(constant), "--vector", "Male", "--quantile", "0.25", "--analogy", "Smiling"],
+                            "the analogy needs 3 faces of each kind among the 32 scored, but Male=0,Smiling=0 has 0")]:
+        result = run_cli([*base, *extra], capsys)
+        assert result.code == 1 and message in result.err, (extra, result.err)
+        assert result.err.count("facegan: error:") == 1 and "Traceback" not in result.err  # warned of small sides, if so

@@ -58,6 +58,7 @@ MAX_FIT = 50_000  # latents held at once to fit (50k x 512 floats: 100 MB)
 MAX_MEASURE = 20_000
 MAX_SEEDS = 32
 MAX_STEPS = 25
+ANALOGY_EXEMPLARS = 3  # faces averaged a term, as in the DCGAN paper
 MIN_SIDE = 20  # fewer faces than this on one side: the mean is mostly noise (warned, not refused)
 BATCH = 256
 # What must match for a saved direction to be reused.
@@ -90,16 +91,22 @@ def difference_of_means(z: torch.Tensor, probabilities: np.ndarray, quantile: fl
     return (mean(high) - mean(low)).float(), high, low
 
 
-def attribute_scores(generator: nn.Module, classifier: Classifier, column: int, z: torch.Tensor,
-                     labels: torch.Tensor | None = None, batch_size: int = BATCH) -> np.ndarray:
-    """The classifier's probability (N,) of attribute `column` on the faces of latents z (N, D) (and labels, if conditional)."""
+def scores_of(generator: nn.Module, classifier: Classifier, z: torch.Tensor, labels: torch.Tensor | None = None,
+              batch_size: int = BATCH) -> np.ndarray:
+    """The classifier's probabilities (N, K) of its attributes on the faces of latents z (N, D) (and labels, if conditional)."""
     device = next(generator.parameters()).device
     out = []
     for start in range(0, len(z), batch_size):
         c = None if labels is None else labels[start : start + batch_size].to(device)
         images = generate(generator, z[start : start + batch_size].to(device), batch_size, labels=c)
-        out.append(predict(classifier, images, batch_size=batch_size)[:, column])
-    return np.concatenate(out) if out else np.zeros(0, np.float32)
+        out.append(predict(classifier, images, batch_size=batch_size))
+    return np.concatenate(out) if out else np.zeros((0, len(classifier.attributes)), np.float32)
+
+
+def attribute_scores(generator: nn.Module, classifier: Classifier, column: int, z: torch.Tensor,
+                     labels: torch.Tensor | None = None, batch_size: int = BATCH) -> np.ndarray:
+    """The classifier's probability (N,) of attribute `column` on the faces of latents z (N, D)."""
+    return scores_of(generator, classifier, z, labels, batch_size)[:, column]
 
 
 def fit_direction(generator: nn.Module, latent_dim: int, classifier: Classifier, attribute: str, *, count: int = 2000,
@@ -213,16 +220,86 @@ def rates_along(generator: nn.Module, classifier: Classifier, column: int, direc
     return rows
 
 
+def captioned(images: np.ndarray, rows: Sequence[str], columns: Sequence[Sequence[str]]) -> np.ndarray:
+    """A make_grid of len(columns) faces a row, each row named on the left and each column on top (lines of text)."""
+    size = images.shape[1]
+    grid = viz.caption_rows(viz.make_grid(images, nrow=len(columns)), list(rows), size)
+    left = grid.shape[1] - (2 + len(columns) * (size + 2))
+    lines = max(len(c) for c in columns)
+    header = Image.new("RGB", (grid.shape[1], 2 + 12 * lines), "white")
+    draw, font = ImageDraw.Draw(header), ImageFont.load_default()
+    for i, caption in enumerate(columns):
+        for j, text in enumerate(caption):
+            draw.text((left + 2 + i * (size + 2) + size // 2, 7 + 12 * j), text, fill="black", font=font, anchor="mm")
+    return np.concatenate([np.asarray(header), grid], axis=0)
+
+
 def grid_picture(images: np.ndarray, seeds: Sequence[int], steps: Sequence[float]) -> np.ndarray:
     """A row per seed, a column per multiple, the seeds named on the left and the multiples on top."""
-    size = images.shape[1]
-    grid = viz.caption_rows(viz.make_grid(images, nrow=len(steps)), [f"seed {s}" for s in seeds], size)
-    left = grid.shape[1] - (2 + len(steps) * (size + 2))
-    header = Image.new("RGB", (grid.shape[1], 14), "white")
-    draw, font = ImageDraw.Draw(header), ImageFont.load_default()
-    for i, m in enumerate(steps):
-        draw.text((left + 2 + i * (size + 2) + size // 2, 7), f"{m:+g}" if m else "0", fill="black", font=font, anchor="mm")
-    return np.concatenate([np.asarray(header), grid], axis=0)
+    return captioned(images, [f"seed {s}" for s in seeds], [[f"{m:+g}" if m else "0"] for m in steps])
+
+
+# ----------------------------------------------------------------------------- the DCGAN paper's analogy
+
+
+def check_analogy(vector: str, other: str) -> None:
+    """One sentence for an analogy of an attribute with itself."""
+    if vector == other:
+        raise FaceganError(f"--analogy needs an attribute other than --vector {vector}, such as Male for Smiling.")
+
+
+def analogy(generator: nn.Module, latent_dim: int, classifier: Classifier, vector: str, other: str, *, count: int = 2000,
+            seed: int = 0, trials: int = 200, exemplars: int = ANALOGY_EXEMPLARS,
+            classifier_name: str = "the classifier") -> tuple[np.ndarray, dict]:
+    """(VECTOR, not OTHER) - (neither) + (OTHER, not VECTOR), each term the mean latent of `exemplars` faces the classifier
+    scores so, among `count` latents of `seed` (a smiling woman - a neutral woman + a neutral man = a smiling man).
+
+    The picture: a row per exemplar (its three faces and their sum) and a row of the means; the figures: how often the
+    result of `trials` random choices of exemplars shows VECTOR, OTHER and both, against how often a random face does.
+    """
+    check_analogy(vector, other)
+    cv, co = classifier_column(classifier, vector, classifier_name), classifier_column(classifier, other, classifier_name)
+    check_fit(count, None)
+    if not 1 <= trials <= MAX_MEASURE:
+        raise FaceganError(f"--trials must be from 1 to {MAX_MEASURE:,}, not {trials:,}.")
+    z = torch.cat(list(latent_batches(count, latent_dim, seed, BATCH)))
+    scores = scores_of(generator, classifier, z).astype(np.float64)
+    pv, po = scores[:, cv], scores[:, co]
+    kinds = [(True, False, 1.0), (False, False, -1.0), (False, True, 1.0)]  # (shows VECTOR, shows OTHER, sign)
+    terms = [(f"{vector}={int(v)},{other}={int(o)}", (pv if v else 1 - pv) * (po if o else 1 - po), sign)
+             for v, o, sign in kinds]
+    pools = [np.flatnonzero(((pv >= 0.5) == v) & ((po >= 0.5) == o)) for v, o, _ in kinds]
+    short = [f"{name} has {len(pool)}" for (name, _, _), pool in zip(terms, pools) if len(pool) < exemplars]
+    if short:
+        raise FaceganError(f"the analogy needs {exemplars} faces of each kind among the {count:,} scored, but "
+                           f"{' and '.join(short)}; raise -n, or choose attributes this generator mixes.")
+    # The picture: each term's most typical faces (highest probability of its kind), as the paper chose clear ones.
+    chosen = [pool[np.argsort(-typical[pool], kind="stable")[:exemplars]] for (_, typical, _), pool in zip(terms, pools)]
+    signs = torch.tensor([sign for _, _, sign in terms]).reshape(3, 1, 1)
+    faces = torch.stack([z[torch.from_numpy(rows)] for rows in chosen])  # (3, E, D)
+    each = (signs * faces).sum(0)  # exemplar i's own sum
+    means = (signs * faces.mean(1, keepdim=True)).sum(0)
+    rows = torch.cat([torch.stack([faces[0, i], faces[1, i], faces[2, i], each[i]]) for i in range(exemplars)]
+                     + [torch.cat([faces.mean(1), means])])
+    device = next(generator.parameters()).device
+    picture = captioned(generate(generator, rows.to(device)), [f"face {i + 1}" for i in range(exemplars)] + [f"mean of {exemplars}"],
+                        [[terms[0][0]], ["- " + terms[1][0]], ["+ " + terms[2][0]], [f"= {vector}=1,{other}=1?"]])
+    mean_scores = scores_of(generator, classifier, means)[0]
+
+    # How well it works: random exemplars of each kind (seed's own generator), their sum classified.
+    rng = np.random.default_rng(seed)
+    sums = torch.stack([(signs * torch.stack([z[torch.from_numpy(rng.choice(pool, exemplars, replace=False))].mean(0)
+                                              for pool in pools]).unsqueeze(1)).sum(0)[0] for _ in range(trials)])
+    found = scores_of(generator, classifier, sums) >= 0.5
+    figures = {
+        "vector": vector, "other": other, "count": count, "seed": seed, "exemplars": exemplars,
+        "terms": [{"kind": name, "sign": int(sign), "faces": len(pool)} for (name, _, sign), pool in zip(terms, pools)],
+        "mean_result": {vector: float(mean_scores[cv]), other: float(mean_scores[co])},
+        "trials": trials,
+        "result_rates": {vector: rate(found[:, cv]), other: rate(found[:, co]), "both": rate(found[:, cv] & found[:, co])},
+        "random_face_rate_both": float(((pv >= 0.5) & (po >= 0.5)).mean()),
+    }
+    return picture, figures
 
 
 def arithmetic(
@@ -240,6 +317,8 @@ def arithmetic(
     quantile: float | None = None,
     attrs: str | None = None,
     refit: bool = False,
+    analogy_with: str | None = None,
+    trials: int = 200,
     device: str = "auto",
 ) -> dict:
     """Fit (or reuse) the direction of `attribute`, draw its grid to `out` (.png) and its rates to out's .json; the report."""
@@ -250,6 +329,8 @@ def arithmetic(
         raise FaceganError(f"--measure must be from 0 to {MAX_MEASURE:,} fresh faces a step, not {measure:,}.")
     along = multiples(steps, scale)
     check_fit(count, quantile)
+    if analogy_with is not None and not 1 <= trials <= MAX_MEASURE:
+        raise FaceganError(f"--trials must be from 1 to {MAX_MEASURE:,}, not {trials:,}.")
     if Path(source).suffix.lower() == ".onnx":
         raise FaceganError(f"{source} is an ONNX file; latent arithmetic runs G in torch: give its run or a .safetensors export.")
     torch_device = resolve_device(device)
@@ -263,6 +344,12 @@ def arithmetic(
                            f"{config.resolution}px ones; train a classifier at {config.resolution}px.")
     fixed = parse_attrs(attrs or "", config.condition)
     table = load_label_table(source) if config.condition else None
+    if analogy_with is not None:
+        check_analogy(attribute, analogy_with)
+        classifier_column(model, analogy_with, name)
+        if config.condition:  # its faces' labels would differ from term to term; --attrs sets attributes there directly
+            raise FaceganError(f"--analogy works on unconditional runs; {source} is conditioned on "
+                               f"{', '.join(config.condition)}, so ask for them with --attrs instead.")
 
     # Fit the direction, or reuse the saved one fitted the same way.
     asked = {"attribute": attribute, "count": count, "seed": seed, "quantile": quantile, "attrs": describe(fixed),
@@ -305,6 +392,10 @@ def arithmetic(
         "rates": {"samples": measure, "seed": seed + 1, "threshold": 0.5, "steps": measured},
         "condition": list(config.condition), "attrs": describe(fixed),
     }
+    if analogy_with is not None:
+        picture, figures = analogy(generator, config.latent_dim, model, attribute, analogy_with, count=count, seed=seed,
+                                   trials=trials, classifier_name=name)
+        report["analogy"] = {"file": str(viz.save_png(picture, out.with_name(f"{out.stem}-analogy.png"))), **figures}
     write_atomically(out.with_suffix(".json"),
                      lambda path: path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8"))
     return report
@@ -332,7 +423,7 @@ def _labels_of(table: LabelTable | None, seeds: Sequence[int], fixed: Mapping[st
 
 
 def format_rates(report: dict) -> str:
-    """The rates along the steps as a table (also for pasting into notes)."""
+    """The rates along the steps as a table (also for pasting into notes), and the analogy's figures if it was drawn."""
     d, r = report["direction"], report["rates"]
     held = report["classifier_heldout"]
     accuracy = f"{held['accuracy']:.1%}" if isinstance(held.get("accuracy"), (int, float)) else "-"
@@ -341,11 +432,21 @@ def format_rates(report: dict) -> str:
               f"scored low (of {d['count']:,}; |direction| {d['norm']:.3f}; {where})"),
              f"classifier {report['classifier']} (held-out accuracy on {report['attribute']}: {accuracy})"]
     if not r["steps"]:
-        return "\n".join(lines + ["(no rates measured: --measure 0)"])
-    lines += [f"rate of {report['attribute']} in {r['samples']:,} fresh faces (seed {r['seed']}) moved by each multiple:",
-              f"{'multiple':>8} {'rate':>7} {'95% interval':>17} {'mean p':>7}"]
-    for row in r["steps"]:
-        lines.append(f"{row['multiple']:>+8.2f} {row['rate']:>7.1%} {'[' + format(row['low'], '.1%') + ', ' + format(row['high'], '.1%') + ']':>17} "
-                     f"{row['mean_probability']:>7.3f}")
+        lines.append("(no rates measured: --measure 0)")
+    else:
+        lines += [f"rate of {report['attribute']} in {r['samples']:,} fresh faces (seed {r['seed']}) moved by each multiple:",
+                  f"{'multiple':>8} {'rate':>7} {'95% interval':>17} {'mean p':>7}"]
+        for row in r["steps"]:
+            lines.append(f"{row['multiple']:>+8.2f} {row['rate']:>7.1%} {'[' + format(row['low'], '.1%') + ', ' + format(row['high'], '.1%') + ']':>17} "
+                         f"{row['mean_probability']:>7.3f}")
+    if "analogy" in report:
+        a = report["analogy"]
+        (v, o), rates = (a["vector"], a["other"]), a["result_rates"]
+        lines += ["", (f"analogy ({a['terms'][0]['kind']}) - ({a['terms'][1]['kind']}) + ({a['terms'][2]['kind']}), "
+                       f"each the mean of {a['exemplars']} faces: the mean faces' sum scores {v} {a['mean_result'][v]:.2f}, "
+                       f"{o} {a['mean_result'][o]:.2f}"),
+                  (f"over {a['trials']} random choices of faces the sum shows {v} {rates[v]['rate']:.1%}, {o} "
+                   f"{rates[o]['rate']:.1%}, both {rates['both']['rate']:.1%} (a random face shows both: "
+                   f"{a['random_face_rate_both']:.1%}); picture {a['file']}")]
     return "\n".join(lines)
 

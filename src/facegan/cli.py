@@ -572,6 +572,8 @@ examples:
   facegan arithmetic runs/00003-dcgan --vector Smiling --classifier c.safetensors --out smiling.png
   facegan arithmetic runs/00003-dcgan --vector Male --classifier c.safetensors --seeds 3,17,42 --steps 7 --scale 3 --out male.png
   facegan arithmetic runs/00003-dcgan --vector Eyeglasses --classifier c.safetensors --quantile 0.1 --refit --out glasses.png
+  facegan arithmetic runs/00003-dcgan --vector Smiling --analogy Male --classifier c.safetensors --out smiling.png
+                                     ... and smiling woman - neutral woman + neutral man in smiling-analogy.png
 """
 
 
@@ -600,6 +602,11 @@ def _add_arithmetic_parser(commands: argparse._SubParsersAction) -> None:
                             help="seed of the fit's latents (default 0); the rates' latents are drawn from seed + 1")
     arithmetic.add_argument("--attrs", default=None, metavar="NAME=0|1,...",
                             help="for a run trained with --condition: attribute values held while fitting and drawing")
+    arithmetic.add_argument("--analogy", default=None, metavar="OTHER",
+                            help="also the DCGAN paper's demonstration with a second attribute, e.g. Male for Smiling: "
+                                 "(Smiling, not Male) - (neither) + (Male, not Smiling), drawn to OUT-analogy.png")
+    arithmetic.add_argument("--trials", type=_positive_int, default=200,
+                            help="random choices of faces whose analogy is classified (default 200)")
     arithmetic.add_argument("--refit", action="store_true", help="fit the direction again even if a saved one fits the request")
     arithmetic.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     arithmetic.set_defaults(handler=run_arithmetic)
@@ -618,9 +625,11 @@ def run_arithmetic(args: argparse.Namespace) -> None:
 
     report = arithmetic(args.run, args.vector, args.classifier, args.out, seeds=_seed_list(args.seeds), steps=args.steps,
                         scale=args.scale, count=args.n, measure=args.measure, seed=args.seed, quantile=args.quantile,
-                        attrs=args.attrs, refit=args.refit, device=args.device)
+                        attrs=args.attrs, refit=args.refit, analogy_with=args.analogy, trials=args.trials,
+                        device=args.device)
     print(format_rates(report))
-    print(f"wrote {report['grid']['file']} and {Path(report['grid']['file']).with_suffix('.json')}", file=sys.stderr)
+    also = f" and {report['analogy']['file']}" if "analogy" in report else ""
+    print(f"wrote {report['grid']['file']}, {Path(report['grid']['file']).with_suffix('.json')}{also}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
