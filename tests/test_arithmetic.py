@@ -212,7 +212,8 @@ def test_the_analogy_of_the_dcgan_paper(setup, tmp_path, capsys):
     a = report["analogy"]
     assert Path(a["file"]) == tmp_path / "male-analogy.png"
     picture = np.asarray(Image.open(a["file"]))
-    assert picture.shape[0] == 14 + 2 + 4 * 34 and picture.shape[1] > 2 + 4 * 34  # 3 exemplars and their means, 4 columns
+    # 3 exemplars and their means, 4 columns, under two lines of captions; 32px faces enlarged 4x
+    assert picture.shape[0] == 26 + 2 + 4 * 130 and picture.shape[1] > 2 + 4 * 130
     # The terms' pools, counted here from the classifier's own scores of the fit's faces.
     scores = predict(load_classifier(path), sample_array(run, 64, seed=0, device="cpu", precision="fp32")) >= 0.5
     male, smiling = scores[:, 0], scores[:, 1]

@@ -59,6 +59,7 @@ MAX_MEASURE = 20_000
 MAX_SEEDS = 32
 MAX_STEPS = 25
 ANALOGY_EXEMPLARS = 3  # faces averaged a term, as in the DCGAN paper
+ANALOGY_SIDE = 128  # the analogy's faces are enlarged to about this many pixels, so its captions fit above them
 MIN_SIDE = 20  # fewer faces than this on one side: the mean is mostly noise (warned, not refused)
 BATCH = 256
 # What must match for a saved direction to be reused.
@@ -282,8 +283,12 @@ def analogy(generator: nn.Module, latent_dim: int, classifier: Classifier, vecto
     rows = torch.cat([torch.stack([faces[0, i], faces[1, i], faces[2, i], each[i]]) for i in range(exemplars)]
                      + [torch.cat([faces.mean(1), means])])
     device = next(generator.parameters()).device
-    picture = captioned(generate(generator, rows.to(device)), [f"face {i + 1}" for i in range(exemplars)] + [f"mean of {exemplars}"],
-                        [[terms[0][0]], ["- " + terms[1][0]], ["+ " + terms[2][0]], [f"= {vector}=1,{other}=1?"]])
+    images = generate(generator, rows.to(device))
+    scale = max(1, ANALOGY_SIDE // images.shape[1])  # room for the captions: faces enlarged, nearest-neighbour
+    images = np.kron(images, np.ones((1, scale, scale, 1), np.uint8))
+    captions = [[f"{sign}{vector}={int(v)}", f"{other}={int(o)}"] for (v, o, _), sign in zip(kinds, ("", "- ", "+ "))]
+    picture = captioned(images, [f"face {i + 1}" for i in range(exemplars)] + [f"mean of {exemplars}"],
+                        [*captions, [f"= {vector}=1 ?", f"{other}=1 ?"]])
     mean_scores = scores_of(generator, classifier, means)[0]
 
     # How well it works: random exemplars of each kind (seed's own generator), their sum classified.
