@@ -158,6 +158,12 @@ def test_a_conditional_run_holds_its_attrs(setup, tmp_path):
     report = arithmetic(run, "Smiling", path, tmp_path / "c.png", steps=3, count=32, measure=8, attrs="Male=1",
                         quantile=0.25, device="cpu")
     assert report["attrs"] == "Male=1" and report["condition"] == ["Male"]
+    grid = np.asarray(Image.open(tmp_path / "c.png"))
+    left = grid.shape[1] - (2 + 3 * 34)
+    for row, seed in enumerate((0, 1, 2, 3)):  # the middle column: each seed's face as `sample --attrs Male=1` draws it
+        top = 14 + 2 + row * 34
+        face = sample_array(run, 1, seed=seed, device="cpu", precision="fp32", attrs="Male=1")[0]
+        assert np.array_equal(grid[top : top + 32, left + 36 : left + 68], face)
     assert load_direction(report["direction"]["file"])[1]["attrs"] == "Male=1"
     assert (report["direction"]["high"], report["direction"]["low"]) == (8, 8)  # a quarter of 32 on each side
     with pytest.raises(FaceganError, match="not conditioned on 'Smiling'"):
