@@ -228,6 +228,14 @@ def test_the_analogy_of_the_dcgan_paper(setup, tmp_path, capsys):
     assert [t["kind"] for t in a["terms"]] == ["Male=1,Smiling=0", "Male=0,Smiling=0", "Male=0,Smiling=1"]
     assert [t["sign"] for t in a["terms"]] == [1, -1, 1]
     assert a["random_face_rate_both"] == pytest.approx((male & smiling).mean())
+    # Each exemplar row begins with three of the fit's own faces, one of each kind (enlarged 4x: every 4th pixel).
+    fit_faces = sample_array(run, 64, seed=0, device="cpu", precision="fp32")
+    left = picture.shape[1] - (2 + 4 * 130)
+    for column, kind in enumerate([male & ~smiling, ~male & ~smiling, ~male & smiling]):
+        top, at = 26 + 2, left + 2 + column * 130
+        face = picture[top : top + 128 : 4, at : at + 128 : 4]
+        same = [i for i in range(64) if np.array_equal(fit_faces[i], face)]
+        assert same and kind[same[0]], column
     for key in ("Male", "Smiling", "both"):
         assert a["result_rates"][key]["count"] == 20 and 0 <= a["result_rates"][key]["rate"] <= 1
     assert 0 <= a["mean_result"]["Male"] <= 1

@@ -12,6 +12,9 @@
   seed's own latent, the middle column) and the attribute's rate along the steps: for each
   multiple, the share of M fresh latents (drawn from seed + 1, never the fit's) that the classifier
   calls positive once moved by it, with 95% Wilson intervals. Written as FILE.png and FILE.json.
+- `analogy`: the DCGAN paper's demonstration, (A, not B) - (neither) + (B, not A), each term the
+  mean latent of three faces the classifier scores so (smiling woman - neutral woman + neutral man
+  = smiling man), drawn to FILE-analogy.png, with how often such sums show A, B and both.
 
 A conditional run's faces are drawn with labels from its training labels, as `sample` does (the
 values in `attrs` held); a latent's labels stay the same along its row, so only the latent moves.
@@ -276,12 +279,15 @@ def analogy(generator: nn.Module, latent_dim: int, classifier: Classifier, vecto
                            f"{' and '.join(short)}; raise -n, or choose attributes this generator mixes.")
     # The picture: each term's most typical faces (highest probability of its kind), as the paper chose clear ones.
     chosen = [pool[np.argsort(-typical[pool], kind="stable")[:exemplars]] for (_, typical, _), pool in zip(terms, pools)]
-    signs = torch.tensor([sign for _, _, sign in terms]).reshape(3, 1, 1)
-    faces = torch.stack([z[torch.from_numpy(rows)] for rows in chosen])  # (3, E, D)
-    each = (signs * faces).sum(0)  # exemplar i's own sum
-    means = (signs * faces.mean(1, keepdim=True)).sum(0)
-    rows = torch.cat([torch.stack([faces[0, i], faces[1, i], faces[2, i], each[i]]) for i in range(exemplars)]
-                     + [torch.cat([faces.mean(1), means])])
+    def signed_sum(rows: Sequence[np.ndarray]) -> torch.Tensor:
+        """A - B + C of the terms' mean latents, each term's mean over its `rows` of z."""
+        return sum(sign * z[torch.from_numpy(np.asarray(r))].mean(0) for (_, _, sign), r in zip(terms, rows))
+
+    # A row per exemplar (its three faces, then their own sum), and a row of the three means and theirs.
+    means = signed_sum(chosen)[None]
+    rows = torch.cat([torch.stack([*(z[int(term[i])] for term in chosen), signed_sum([term[i : i + 1] for term in chosen])])
+                      for i in range(exemplars)]
+                     + [torch.stack([z[torch.from_numpy(term)].mean(0) for term in chosen]), means])
     device = next(generator.parameters()).device
     images = generate(generator, rows.to(device))
     scale = max(1, ANALOGY_SIDE // images.shape[1])  # room for the captions: faces enlarged, nearest-neighbour
@@ -293,8 +299,7 @@ def analogy(generator: nn.Module, latent_dim: int, classifier: Classifier, vecto
 
     # How well it works: random exemplars of each kind (seed's own generator), their sum classified.
     rng = np.random.default_rng(seed)
-    sums = torch.stack([(signs * torch.stack([z[torch.from_numpy(rng.choice(pool, exemplars, replace=False))].mean(0)
-                                              for pool in pools]).unsqueeze(1)).sum(0)[0] for _ in range(trials)])
+    sums = torch.stack([signed_sum([rng.choice(pool, exemplars, replace=False) for pool in pools]) for _ in range(trials)])
     found = scores_of(generator, classifier, sums) >= 0.5
     figures = {
         "vector": vector, "other": other, "count": count, "seed": seed, "exemplars": exemplars,
