@@ -250,3 +250,12 @@ def test_the_analogy_of_the_dcgan_paper(setup, tmp_path, capsys):
         result = run_cli([*base, *extra], capsys)
         assert result.code == 1 and message in result.err, (extra, result.err)
         assert result.err.count("facegan: error:") == 1 and "Traceback" not in result.err  # warned of small sides, if so
+
+
+def test_an_attribute_that_cannot_name_a_file_is_refused(setup, tmp_path):
+    run, path, _, _ = setup
+    odd = load_classifier(path)
+    odd.attributes = ["../Male", "Smiling"]
+    with pytest.raises(FaceganError, match="cannot name a file"):
+        arithmetic(run, "../Male", odd, tmp_path / "x.png", steps=3, count=8, device="cpu")
+    assert not (run / "Male.safetensors").exists()

@@ -26,6 +26,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
@@ -365,6 +366,8 @@ def arithmetic(
     asked = {"attribute": attribute, "count": count, "seed": seed, "quantile": quantile, "attrs": describe(fixed),
              "classifier_sha256": sha256_file(classifier_path) if classifier_path else "",
              "latent_dim": config.latent_dim, "generator_hash": weights_hash(generator)}
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*", attribute):  # it names a file: a classifier's metadata must not pick the path
+        raise FaceganError(f"the attribute {attribute!r} cannot name a file; use a classifier whose attributes are plain names.")
     saved = directions_dir(source) / f"{attribute}{SUFFIX}"
     direction, fit, reused, why = _saved_fit(saved, asked, refit)
     if direction is None:
