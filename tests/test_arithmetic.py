@@ -214,7 +214,7 @@ def test_the_analogy_of_the_dcgan_paper(setup, tmp_path, capsys):
     run, path, constant, _ = setup
     out = tmp_path / "male.png"
     report = arithmetic(run, "Male", path, out, steps=3, count=64, measure=0, analogy_with="Smiling", trials=20,
-                        device="cpu")
+                        refit=True, device="cpu")  # a fresh fit: the analogy takes the fit's scores
     a = report["analogy"]
     assert Path(a["file"]) == tmp_path / "male-analogy.png"
     picture = np.asarray(Image.open(a["file"]))
@@ -241,6 +241,12 @@ def test_the_analogy_of_the_dcgan_paper(setup, tmp_path, capsys):
     assert 0 <= a["mean_result"]["Male"] <= 1
     assert json.loads(out.with_suffix(".json").read_text())["analogy"]["trials"] == 20
     assert "analogy (Male=1,Smiling=0) - (Male=0,Smiling=0) + (Male=0,Smiling=1)" in format_rates(report)
+    # With the direction reused, the faces are scored afresh, not taken from the fit: the same figures and picture.
+    again = arithmetic(run, "Male", path, tmp_path / "again.png", steps=3, count=64, measure=0, analogy_with="Smiling",
+                       trials=20, device="cpu")
+    assert not report["direction"]["reused"] and again["direction"]["reused"]
+    assert {**again["analogy"], "file": ""} == {**a, "file": ""}
+    assert np.array_equal(np.asarray(Image.open(again["analogy"]["file"])), picture)
 
     base = ["arithmetic", str(run), "-n", "32", "--measure", "0", "--steps", "3", "--device", "cpu", "--out", str(tmp_path / "x.png")]
     for extra, message in [(["--classifier", str(path), "--vector", "Male", "--analogy", "Male"], "needs an attribute other than"),

@@ -117,12 +117,14 @@ def attribute_scores(generator: nn.Module, classifier: Classifier, column: int, 
 def fit_direction(generator: nn.Module, latent_dim: int, classifier: Classifier, attribute: str, *, count: int = 2000,
                   seed: int = 0, quantile: float | None = None, labels: LabelTable | None = None,
                   fixed: Mapping[str, bool] | None = None, classifier_name: str = "the classifier") -> dict:
-    """The direction of `attribute` over `count` latents of `seed`: {"direction": (D,) tensor, "high", "low", "norm"}."""
+    """The direction of `attribute` over `count` latents of `seed`: {"direction": (D,) tensor, "high", "low", "norm",
+    "scores": the classifier's (count, K) probabilities of every attribute on those faces}."""
     column = classifier_column(classifier, attribute, classifier_name)
     check_fit(count, quantile)
     z = torch.cat(list(latent_batches(count, latent_dim, seed, BATCH)))
     c = torch.from_numpy(labels.draw(count, seed, fixed)) if labels is not None else None
-    scores = attribute_scores(generator, classifier, column, z, c)
+    every = scores_of(generator, classifier, z, c)
+    scores = every[:, column]
     direction, high, low = difference_of_means(z, scores, quantile)
     for side, mask, word in (("high", high, "at or above"), ("low", low, "below")):
         if not mask.any():
@@ -136,7 +138,7 @@ def fit_direction(generator: nn.Module, latent_dim: int, classifier: Classifier,
             f"only {small} of {count:,} faces are on the {'high' if high.sum() == small else 'low'} side ({split}) of "
             f"{attribute}; the mean of so few is noisy, and so is the direction: raise -n or use --quantile."), stacklevel=2)
     return {"direction": direction, "high": int(high.sum()), "low": int(low.sum()), "norm": float(direction.norm()),
-            "mean_score": float(scores.mean())}
+            "mean_score": float(scores.mean()), "scores": every}
 
 
 def check_fit(count: int, quantile: float | None) -> None:
@@ -254,13 +256,14 @@ def check_analogy(vector: str, other: str) -> None:
 
 
 def analogy(generator: nn.Module, latent_dim: int, classifier: Classifier, vector: str, other: str, *, count: int = 2000,
-            seed: int = 0, trials: int = 200, exemplars: int = ANALOGY_EXEMPLARS,
-            classifier_name: str = "the classifier") -> tuple[np.ndarray, dict]:
+            seed: int = 0, trials: int = 200, exemplars: int = ANALOGY_EXEMPLARS, classifier_name: str = "the classifier",
+            scores: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """(VECTOR, not OTHER) - (neither) + (OTHER, not VECTOR), each term the mean latent of `exemplars` faces the classifier
     scores so, among `count` latents of `seed` (a smiling woman - a neutral woman + a neutral man = a smiling man).
 
     The picture: a row per exemplar (its three faces and their sum) and a row of the means; the figures: how often the
     result of `trials` random choices of exemplars shows VECTOR, OTHER and both, against how often a random face does.
+    `scores`: the classifier's (count, K) probabilities on those latents' faces, when already known (a fresh fit's).
     """
     check_analogy(vector, other)
     cv, co = classifier_column(classifier, vector, classifier_name), classifier_column(classifier, other, classifier_name)
@@ -268,7 +271,10 @@ def analogy(generator: nn.Module, latent_dim: int, classifier: Classifier, vecto
     if not 1 <= trials <= MAX_MEASURE:
         raise FaceganError(f"--trials must be from 1 to {MAX_MEASURE:,}, not {trials:,}.")
     z = torch.cat(list(latent_batches(count, latent_dim, seed, BATCH)))
-    scores = scores_of(generator, classifier, z).astype(np.float64)
+    if scores is None:
+        scores = scores_of(generator, classifier, z)
+    assert scores.shape == (count, len(classifier.attributes)), f"scores {scores.shape} for {count} faces"
+    scores = scores.astype(np.float64)
     pv, po = scores[:, cv], scores[:, co]
     kinds = [(True, False, 1.0), (False, False, -1.0), (False, True, 1.0)]  # (shows VECTOR, shows OTHER, sign)
     terms = [(f"{vector}={int(v)},{other}={int(o)}", (pv if v else 1 - pv) * (po if o else 1 - po), sign)
@@ -370,14 +376,19 @@ def arithmetic(
         raise FaceganError(f"the attribute {attribute!r} cannot name a file; use a classifier whose attributes are plain names.")
     saved = directions_dir(source) / f"{attribute}{SUFFIX}"
     direction, fit, reused, why = _saved_fit(saved, asked, refit)
+    scores = None
     if direction is None:
         fitted = fit_direction(generator, config.latent_dim, model, attribute, count=count, seed=seed, quantile=quantile,
                                labels=table, fixed=fixed, classifier_name=name)
-        direction = fitted.pop("direction")
+        direction, scores = fitted.pop("direction"), fitted.pop("scores")
         fit = {**asked, **fitted, "classifier": str(classifier_path or ""), "source": str(source),
                "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         save_direction(saved, direction, fit)
     assert direction.shape == (config.latent_dim,), f"direction {tuple(direction.shape)} for latent_dim {config.latent_dim}"
+    if analogy_with is not None:  # before the grid and the rates: a generator that never mixes the two fails early
+        picture, figures = analogy(generator, config.latent_dim, model, attribute, analogy_with, count=count, seed=seed,
+                                   trials=trials, classifier_name=name, scores=scores)
+        figures = {"file": str(viz.save_png(picture, out.with_name(f"{out.stem}-analogy.png"))), **figures}
 
     # The grid: each seed's latent (as `sample -n 1 --seed S` draws it) moved along the direction.
     device_of = next(generator.parameters()).device
@@ -406,9 +417,7 @@ def arithmetic(
         "condition": list(config.condition), "attrs": describe(fixed),
     }
     if analogy_with is not None:
-        picture, figures = analogy(generator, config.latent_dim, model, attribute, analogy_with, count=count, seed=seed,
-                                   trials=trials, classifier_name=name)
-        report["analogy"] = {"file": str(viz.save_png(picture, out.with_name(f"{out.stem}-analogy.png"))), **figures}
+        report["analogy"] = figures
     write_atomically(out.with_suffix(".json"),
                      lambda path: path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8"))
     return report
