@@ -303,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_classifier_parser(commands)
     _add_audit_parser(commands)
+    _add_arithmetic_parser(commands)
 
     info = commands.add_parser("info", help="describe a prepared dataset")
     info.add_argument("dataset", type=Path)
@@ -562,6 +563,73 @@ def run_audit(args: argparse.Namespace) -> None:
                        seed=args.seed, device=args.device, pr=args.pr, network=args.network,
                        batch_size=args.batch_size, progress=not args.quiet)
     print(format_report(report))
+
+
+# ----------------------------------------------------------------------------- latent arithmetic
+
+ARITHMETIC_EXAMPLES = """\
+examples:
+  facegan arithmetic runs/00003-dcgan --vector Smiling --classifier c.safetensors --out smiling.png
+  facegan arithmetic runs/00003-dcgan --vector Male --classifier c.safetensors --seeds 3,17,42 --steps 7 --scale 3 --out male.png
+  facegan arithmetic runs/00003-dcgan --vector Eyeglasses --classifier c.safetensors --quantile 0.1 --refit --out glasses.png
+  facegan arithmetic runs/00003-dcgan --vector Smiling --analogy Male --classifier c.safetensors --out smiling.png
+                                     ... and smiling woman - neutral woman + neutral man in smiling-analogy.png
+"""
+
+
+def _add_arithmetic_parser(commands: argparse._SubParsersAction) -> None:
+    arithmetic = commands.add_parser(
+        "arithmetic", help="an attribute's direction in latent space: a grid stepping along it, and its rate along the steps",
+        description="Fit an attribute's direction (the mean latent of faces the classifier scores high minus that of "
+                    "those it scores low), save it in RUN/directions/ATTRIBUTE.safetensors for reuse, draw a grid (a row "
+                    "per seed, a column per multiple of the direction, the seed's own face in the middle) and measure "
+                    "the attribute's rate at each step on fresh faces: printed, and written as OUT.json beside the grid.",
+        epilog=ARITHMETIC_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    arithmetic.add_argument("run", type=Path, help="a run directory, a checkpoint file or a .safetensors export")
+    arithmetic.add_argument("--vector", required=True, metavar="ATTRIBUTE", help="the attribute, one the classifier knows, e.g. Smiling")
+    arithmetic.add_argument("--classifier", type=Path, required=True, help="a file from `facegan classifier train`")
+    arithmetic.add_argument("--out", type=Path, required=True, help="the grid, a .png (its rates go to the same name with .json)")
+    arithmetic.add_argument("-n", type=_positive_int, default=2000, help="faces scored to fit the direction (default 2000)")
+    arithmetic.add_argument("--quantile", type=float, default=None, metavar="Q",
+                            help="fit on the top and bottom Q of the scores (0 to 0.5) instead of probability >= 0.5 "
+                                 "against < 0.5: for a rare attribute")
+    arithmetic.add_argument("--seeds", default="0,1,2,3", help="comma-separated seeds, a row each (default 0,1,2,3)")
+    arithmetic.add_argument("--steps", type=_positive_int, default=9, help="columns, odd: multiples from -scale to +scale (default 9)")
+    arithmetic.add_argument("--scale", type=float, default=2.0, help="the largest multiple of the direction (default 2)")
+    arithmetic.add_argument("--measure", type=_natural_int, default=1000, metavar="M",
+                            help="fresh faces classified at each step for the rates (default 1000; 0: none)")
+    arithmetic.add_argument("--seed", type=_natural_int, default=0,
+                            help="seed of the fit's latents (default 0); the rates' latents are drawn from seed + 1")
+    arithmetic.add_argument("--attrs", default=None, metavar="NAME=0|1,...",
+                            help="for a run trained with --condition: attribute values held while fitting and drawing")
+    arithmetic.add_argument("--analogy", default=None, metavar="OTHER",
+                            help="also the DCGAN paper's demonstration with a second attribute, e.g. Male for Smiling: "
+                                 "(Smiling, not Male) - (neither) + (Male, not Smiling), drawn to OUT-analogy.png")
+    arithmetic.add_argument("--trials", type=_positive_int, default=200,
+                            help="random choices of faces whose analogy is classified (default 200)")
+    arithmetic.add_argument("--refit", action="store_true", help="fit the direction again even if a saved one fits the request")
+    arithmetic.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    arithmetic.set_defaults(handler=run_arithmetic)
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise FaceganError(f"--seeds must be whole numbers separated by commas, such as 3,17,42, not {text!r}.") from None
+
+
+def run_arithmetic(args: argparse.Namespace) -> None:
+    """`facegan arithmetic`."""
+    from facegan.arithmetic import arithmetic, format_rates
+
+    report = arithmetic(args.run, args.vector, args.classifier, args.out, seeds=_seed_list(args.seeds), steps=args.steps,
+                        scale=args.scale, count=args.n, measure=args.measure, seed=args.seed, quantile=args.quantile,
+                        attrs=args.attrs, refit=args.refit, analogy_with=args.analogy, trials=args.trials,
+                        device=args.device)
+    print(format_rates(report))
+    also = f" and {report['analogy']['file']}" if "analogy" in report else ""
+    print(f"wrote {report['grid']['file']}, {Path(report['grid']['file']).with_suffix('.json')}{also}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
