@@ -51,7 +51,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from facegan.config import PRESETS, TrainConfig, from_preset
-from facegan.data import open_prepared
+from facegan.data import PreparedDataset, open_prepared
 from facegan.data.prepare import prepare
 from facegan.data.prepared import write_subset
 from facegan.files import write_atomically
@@ -82,6 +82,11 @@ def split_dataset(name: str, work: Path, held_out: int) -> tuple[Path, Path]:
         full = open_prepared(prepare(str(SHARED / "celeba-89"), work / name / "full", progress=False))
     else:
         raise SystemExit(f"unknown dataset {name!r}")
+    return split_prepared(full, train_dir, test_dir, held_out)
+
+
+def split_prepared(full: PreparedDataset, train_dir: Path, test_dir: Path, held_out: int) -> tuple[Path, Path]:
+    """A prepared dataset's seeded split (the same for the same images): the rest to train on, `held_out` to measure with."""
     order = np.random.default_rng(0).permutation(len(full))
     train_set = write_subset(full, np.sort(order[held_out:]), train_dir)
     test_set = write_subset(full, np.sort(order[:held_out]), test_dir)
@@ -125,11 +130,12 @@ def preset_config(preset: str, data: Path, work: Path, overrides: dict, **settin
 
 
 def run_preset(preset: str, seed: int, epochs: int, data: Path, held_out: Path, work: Path, metrics: list[str],
-               settings: dict) -> dict:
-    """Train one preset for its planned epochs and measure its sampling generator against the held-out set."""
+               settings: dict, abort_fn=None) -> dict:
+    """Train one preset for its planned epochs (or until `abort_fn`, as train() takes it, says stop) and measure
+    its sampling generator, from its newest checkpoint, against the held-out set."""
     config = preset_config(preset, data, work, settings, seed=seed, epochs=epochs)
     started = time.perf_counter()
-    run_dir = train(config, progress=False)
+    run_dir = train(config, progress=False, abort_fn=abort_fn)
     seconds = time.perf_counter() - started
     stats = read_stats(run_dir / "stats.jsonl")
     losses = [r[k] for r in stats for k in ("loss_d", "loss_g") if k in r]

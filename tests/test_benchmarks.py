@@ -283,3 +283,62 @@ def test_fid_floor_standing_statistics_are_the_plain_average_of_gs_activations(f
     hook.remove()
     assert not generator.training and norms[0].momentum is None and int(norms[0].num_batches_tracked) == 3
     torch.testing.assert_close(norms[0].running_mean, torch.stack(seen).mean(dim=0))
+
+
+def test_gpu_script_trains_measures_and_times_on_a_tiny_cpu_setting(tmp_path, monkeypatch, capsys, network, one_thread):
+    """benchmarks/gpu.py's three phases with --tiny on the CPU (in this process, whose Inception network is loaded
+    already): the training table of each preset against the held-out split, the grids, the throughput table with its
+    plain baseline, fid's time, and a results file that a second sitting continues without measuring again.
+
+    FID's one costly step, the eigenvalues of 2048 x 2048 matrices (tens of seconds each on this busy machine, and
+    tested in tests/metrics), is taken here on the features' first 64 dimensions: the script's path is the same."""
+    from facegan.data.prepare import prepare
+    from facegan.metrics import fid
+
+    trace = fid.trace_sqrt_product
+    monkeypatch.setattr(fid, "trace_sqrt_product", lambda a, b: trace(a[:64, :64], b[:64, :64]))
+    data = prepare("synthetic", tmp_path / "s64", count=56, size=64, progress=False)  # 52 to train: 6 batches of 8
+    monkeypatch.setenv("FACEGAN_CACHE", str(tmp_path / "cache"))  # the script sets its own; restored after the test
+    results, grids = tmp_path / "gpu.json", tmp_path / "grids"
+    argv = ["gpu.py", "--tiny", "--device", "cpu", "--data", str(data), "--name", "tiny", "--samples", "4",
+            "--minutes", "0.001", "--batch-sizes", "8,16,4096", "--steps", "1", "--fid-count", "4",
+            "--results", str(results), "--grids", str(grids), "--work", str(tmp_path / "work")]
+    monkeypatch.setattr(sys, "argv", argv)
+    gpu = load_script("gpu")
+    gpu.main()
+    text = capsys.readouterr().out
+
+    columns, rows = table(text, "preset ")  # recipes.py's table (its first columns one space apart)
+    assert columns[0] == "preset" and {"img/s", "fid4", "kid4", "pr4_precision", "pr4_recall"} <= set(columns)
+    assert_finite(rows)
+    assert [row.split()[0] for row in rows] == ["dcgan", "facegan"]
+    assert "facegan vs dcgan: fid4" in text
+    columns, rows = table(text.split("the same runs")[1], "preset")
+    assert columns == ["preset", "epochs planned", "epochs", "wall s", "images/s timed", "images/s run", "cut"]
+    assert_finite(rows)
+    assert [numbers(row)[:2] for row in rows] == [[1, 1], [1, 1]] and all(row.endswith("no") for row in rows)
+    assert {p.name for p in grids.iterdir()} == {"recipes-tiny-dcgan.png", "recipes-tiny-facegan.png", "gpu-tiny.png"}
+
+    columns, rows = table(text, "batch")
+    assert columns == ["batch", "steps", "plain images/s", "facegan images/s", "vs plain", "of ceiling"]
+    assert [numbers(row)[:2] for row in rows] == [[8, 1], [16, 1]]
+    assert_finite(rows)
+    for row in rows:
+        _, _, plain, facegan, ratio, _ = numbers(row)
+        assert plain > 0 and facegan > 0 and ratio == pytest.approx(facegan / plain, abs=0.006)
+    assert "batch 4096: not timed, more than the 52 training images" in text
+    timed = re.search(r"fid4 of the facegan run's generator against its 4 training images: ([\d.]+) s", text)
+    assert timed and float(timed.group(1)) > 0
+    assert re.search(r"^in all: [\d.]+ min \(split", text, re.MULTILINE)
+
+    saved = json.loads(results.read_text())
+    assert [r["preset"] for r in saved["datasets"]["tiny"]["rows"]] == ["dcgan", "facegan"]
+    assert {"throughput", "fid_time"} <= saved.keys()
+    # A second sitting continues the file: nothing is trained or timed again, and the tables are the same.
+    gpu.main()
+    again = capsys.readouterr().out
+    assert again.split("\nin all")[0] == text.split("\nin all")[0]
+    assert json.loads(results.read_text())["datasets"]["tiny"]["rows"] == saved["datasets"]["tiny"]["rows"]
+    monkeypatch.setattr(sys, "argv", [*argv[:-6], "--results", str(results), "--minutes", "5"])
+    with pytest.raises(SystemExit, match="other settings"):
+        gpu.main()

@@ -3,6 +3,10 @@
 Averaging the last few thousand images' worth of G's weights smooths out the oscillation of
 adversarial training (Yazici et al. 2019; StyleGAN2's G_ema). Buffers (BatchNorm's running
 statistics) are copied, not averaged, as StyleGAN2 does.
+
+Copied statistics describe G's activations, not the average's: `standing_statistics` recomputes
+them from the average's own activations (BigGAN's "standing statistics"), which measured FID-1k
+278.6 against 296.5 with the copied ones on a `facegan` run (issue 18).
 """
 
 from __future__ import annotations
@@ -12,6 +16,15 @@ import math
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from facegan.conditions import LabelTable
+
+# BigGAN's standing statistics use 16 accumulations; 64 latents a batch keep each batch's
+# statistics close to training's (batch 32 to 128) at a cost of 1,024 forward passes of G.
+STANDING_BATCHES = 16
+STANDING_BATCH_SIZE = 64
+STANDING_SEED = 2018  # any fixed seed: the statistics are then a function of the weights alone
 
 
 def beta_for(half_life_images: float, batch_size: int, images_seen: int | None = None, rampup: float | None = None) -> float:
@@ -55,3 +68,41 @@ class EMA:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore what state_dict() gave."""
         self.module.load_state_dict(state)
+
+
+@torch.no_grad()
+def standing_statistics(generator: nn.Module, latent_dim: int, *, labels: LabelTable | None = None,
+                        seed: int = STANDING_SEED, batches: int = STANDING_BATCHES,
+                        batch_size: int = STANDING_BATCH_SIZE) -> int:
+    """Recompute every BatchNorm's running statistics of `generator` from its own activations; return their count.
+
+    Each norm's statistics are reset and, with momentum None, become the plain average of
+    `batches` batches' statistics of G's activations for latents (and, for a conditional G,
+    labels drawn from its training `labels`) from `seed`: the same for the same weights and seed.
+    Only the norms run in train mode; the weights, the momenta and G's mode are as they were. A G
+    without BatchNorm is left alone (0).
+    """
+    norms = [m for m in generator.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    if not norms:
+        return 0
+    if getattr(generator, "num_attributes", 0) and labels is None:
+        raise ValueError("a conditional generator's statistics need its training labels (labels=LabelTable)")
+    device = next(generator.parameters()).device
+    noise = torch.Generator().manual_seed(seed)  # on the CPU: the same latents on any device
+    conditions = (torch.from_numpy(labels.draw(batches * batch_size, seed)).split(batch_size) if labels is not None
+                  else [None] * batches)
+    was_training, momenta = generator.training, [m.momentum for m in norms]
+    generator.eval()
+    try:
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None  # a cumulative average over the batches, weighting each alike
+            norm.train()
+        for c in conditions:
+            z = torch.randn(batch_size, latent_dim, generator=noise).to(device)
+            generator(z) if c is None else generator(z, c.to(device))
+    finally:
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum
+        generator.train(was_training)
+    return len(norms)

@@ -131,6 +131,8 @@ def train(config: TrainConfig, *, resume: Path | None = None, progress: bool = T
             if world_size > 1:  # a signal on any rank, or a NaN on any, stops or rolls back every rank at this step
                 stopping, nonfinite = distributed.any_rank(stopping, guard.nonfinite, device=run.device)
                 guard.nonfinite.fill_(nonfinite)
+            if saving or stopping:
+                state.refresh_ema_statistics(config)  # what a checkpoint's moving average is sampled with
             snapshot = state.to_checkpoint(config, run.fixed_noise) if saving or stopping else None
             diverged = _agreed(guard.check(read=saving or stopping or logging_now, checkpoint=snapshot), snapshot)
             if not diverged:
@@ -372,6 +374,7 @@ def _record(state: TrainState, out: dict, rate: float, config: TrainConfig, worl
 
 def _finish_epoch(state: TrainState, config: TrainConfig, run: _Run, guard: DivergenceGuard) -> str | None:
     """Close an epoch: check every weight, then (rank 0) the grid, plots, checkpoints and metrics; why it diverged, or None."""
+    state.refresh_ema_statistics(config)  # on every rank: the grid, the metrics and the checkpoint all use them
     diverged = guard.check(read=True, checkpoint=(checkpoint := state.to_checkpoint(config, run.fixed_noise)))
     diverged = _agreed(diverged, checkpoint)
     if diverged:

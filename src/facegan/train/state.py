@@ -16,7 +16,7 @@ from facegan.conditions import LabelTable
 from facegan.config import TrainConfig
 from facegan.models import build_models
 from facegan.precision import Precision, resolve_precision
-from facegan.train.ema import EMA
+from facegan.train.ema import EMA, standing_statistics
 
 FP32 = Precision("fp32", "cpu")
 
@@ -54,6 +54,17 @@ class TrainState:
     def sampling_generator(self) -> nn.Module:
         """The G that grids, samples and metrics use: the moving average when there is one."""
         return self.ema.module if self.ema is not None else self.generator
+
+    def refresh_ema_statistics(self, config: TrainConfig) -> None:
+        """Give the moving average BatchNorm statistics of its own (standing statistics), when there is one.
+
+        EMA.update copies G's running statistics, which fit G's weights, not the average's. The loop
+        calls this before every grid, metric and checkpoint, so the checkpoint's "generator_ema"
+        carries them to everything that reads it (sample, export, evaluate, serve, audit). The next
+        update copies G's again, so training itself, and a resume, are exactly as without it.
+        """
+        if self.ema is not None:
+            standing_statistics(self.ema.module, config.latent_dim, labels=self.labels)
 
     def to_checkpoint(self, config: TrainConfig, fixed_noise: torch.Tensor) -> dict:
         """Tensors and plain data only, so it loads with weights_only=True."""
