@@ -5,8 +5,8 @@
 
 Against `count` held-out real images, with the standard Inception network: `count` training images as they are,
 with Gaussian noise (sd 25 grey levels), and blurred to 16x16 and back; then, with --run, the run's raw G, its EMA
-as saved (BatchNorm statistics copied from G) and its EMA with BatchNorm statistics recomputed from its own
-activations (BigGAN's standing statistics). The prepared sets are those of benchmarks/recipes.py's --work folder.
+with the BatchNorm statistics of G copied in (what checkpoints held before standing statistics), and its EMA as
+saved, with BatchNorm statistics recomputed from its own activations (BigGAN's standing statistics; train/ema.py). The prepared sets are those of benchmarks/recipes.py's --work folder.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from PIL import Image
 from torch import nn
 
 from facegan.data import open_prepared
-from facegan.generation import latents, load_generator, sampler
+from facegan.generation import load_generator, sampler
 from facegan.metrics import fid as fid_math
 from facegan.metrics.evaluate import generated_features, real_features
 from facegan.metrics.inception import features, load_inception
@@ -39,17 +39,13 @@ def noisy(images: np.ndarray, sd: float = 25.0, seed: int = 0) -> np.ndarray:
     return np.clip(images.astype(np.float32) + noise, 0, 255).astype(np.uint8)
 
 
-def standing_statistics(generator: nn.Module, latent_dim: int, batches: int = 16, batch_size: int = 128) -> nn.Module:
-    """Recompute every BatchNorm's running statistics as the plain average over `batches` of G's own activations."""
-    for module in generator.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.reset_running_stats()
-            module.momentum = None  # None: a cumulative average, not an exponential one
-    generator.train()
+def with_statistics_of(ema: nn.Module, generator: nn.Module) -> nn.Module:
+    """The EMA with the BatchNorm buffers of the raw G: what checkpoints held before standing statistics."""
+    buffers = dict(generator.named_buffers())
     with torch.no_grad():
-        for i in range(batches):
-            generator(latents(batch_size, latent_dim, 1000 + i, torch.device("cpu")))  # not the evaluation's latents
-    return generator.eval()
+        for name, buffer in ema.named_buffers():
+            buffer.copy_(buffers[name])
+    return ema
 
 
 def main() -> None:
@@ -69,14 +65,15 @@ def main() -> None:
             for name, images in (("training reals", train), ("... + noise sd 25", noisy(train)), ("... blurred to 16x16", blurred(train)))}
     if args.run is not None:
         path, checkpoint = resolve_checkpoint(args.run)
-        kinds = [("raw G", "raw", False)]
+        generator, config = load_generator(path, "cpu", which="raw")
+        kinds = [("raw G", generator)]
         if "generator_ema" in checkpoint:
-            kinds += [("EMA (G's BN statistics)", "ema", False), ("EMA (standing BN statistics)", "ema", True)]
-        for name, which, standing in kinds:
-            generator, config = load_generator(path, "cpu", which=which)
-            if standing:
-                standing_statistics(generator, config.latent_dim)
-            rows[f"{name}, step {checkpoint['step']}"] = generated_features(sampler(generator, config.latent_dim),
+            ema, _ = load_generator(path, "cpu", which="ema")  # saved with standing statistics
+            copied, _ = load_generator(path, "cpu", which="ema")
+            kinds += [("EMA (G's BN statistics)", with_statistics_of(copied, generator)),
+                      ("EMA (standing BN statistics)", ema)]
+        for name, model in kinds:
+            rows[f"{name}, step {checkpoint['step']}"] = generated_features(sampler(model, config.latent_dim),
                                                                            args.count, network)
     print(f"\nagainst {len(reference):,} held-out real images of {args.held_out}\n")
     print(f"{'images':<40}{'FID':>9}{'precision':>11}{'recall':>8}")
