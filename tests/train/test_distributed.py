@@ -158,6 +158,15 @@ def _at_epoch_one(run: Path, runs: Path) -> Path:
     return copy
 
 
+@pytest.fixture(scope="module")
+def two_to_one(tmp_path_factory, data32, straight) -> tuple[Path, str]:
+    """`straight` stopped after its first epoch and resumed on 1 process to its end, and that launch's stderr
+    (copy the run before resuming it again)."""
+    runs = tmp_path_factory.mktemp("two-to-one") / "runs"
+    run = _at_epoch_one(straight, runs)
+    return run, _train(1, data32, runs, "--resume", str(run), "--epochs", "2").stderr
+
+
 # ----------------------------------------------------------------------------- the same run as one process
 
 
@@ -209,18 +218,13 @@ def test_resume_at_two_ranks_is_bit_identical_and_only_rank_zero_writes(tmp_path
     assert '"kimg": 0.192' in records[-1]  # 12 steps x the global batch of 16
 
 
-def test_resume_across_world_sizes_continues_the_schedule_and_says_it_reseeds(tmp_path, data32, straight):
-    two_to_one = tmp_path / "a" / "runs"
-    run = _at_epoch_one(straight, two_to_one)
-    result = _train(1, data32, two_to_one, "--resume", str(run), "--epochs", "2")
-    assert "re-seeded" in result.stderr
-    assert _latest(run)["step"] == 2 * STEPS_PER_EPOCH
-
-    # The same run, its second epoch written by 1 process, resumed on 2 again.
-    result = _train(2, data32, two_to_one, "--resume", str(run), "--epochs", "3")
-    assert "re-seeded" in result.stderr
+def test_resume_from_two_ranks_to_one_continues_the_schedule_and_says_it_reseeds(two_to_one):
+    run, stderr = two_to_one
+    assert "re-seeded" in stderr
     checkpoint = _latest(run)
-    assert checkpoint["step"] == 3 * STEPS_PER_EPOCH and len(checkpoint["noise_rng_ranks"]) == 2
+    assert checkpoint["step"] == 2 * STEPS_PER_EPOCH and len(checkpoint["noise_rng_ranks"]) == 1
+    assert _steps(run) == list(range(1, 2 * STEPS_PER_EPOCH + 1))
+    # From one to two again: test_resume_from_one_to_two_then_sigterm_restart_and_kill_9, which shares the launch.
 
 
 def test_a_batch_the_ranks_cannot_share_is_refused_in_one_sentence():
@@ -234,20 +238,6 @@ def test_a_batch_the_ranks_cannot_share_is_refused_in_one_sentence():
 
 
 # ----------------------------------------------------------------------------- stops and faults
-
-
-def test_sigterm_to_one_rank_stops_both_at_the_same_step_with_a_checkpoint(tmp_path, data32):
-    runs = tmp_path / "runs"
-    launcher = _launch(2, "train", *TINY_ARGS, "--data", str(data32), "--runs-dir", str(runs), "--epochs", "1000",
-                       cwd=tmp_path)
-    _wait_for(lambda: runs.exists() and any(runs.glob("*/stats.jsonl")), launcher)
-    os.kill(_workers(launcher)[1], signal.SIGTERM)
-    _, err = launcher.communicate(timeout=60)
-    assert launcher.returncode != 0
-    steps = re.findall(r"stopped by SIGTERM.*? at step (\d+)", err)
-    assert len(steps) == 2 and len(set(steps)) == 1, err[-3000:]
-    assert "on another process" in err  # rank 0 stopped for rank 1's signal
-    assert _latest(_only_run(runs))["step"] == int(steps[0])
 
 
 def test_a_new_run_restarted_by_torchrun_after_kill_9_resumes_its_checkpoint_and_finishes(tmp_path, data32, straight):
@@ -270,25 +260,40 @@ def test_a_new_run_restarted_by_torchrun_after_kill_9_resumes_its_checkpoint_and
     assert_identical(straight, run)
 
 
-def test_kill_9_ends_the_job_within_a_minute_in_one_sentence_and_max_restarts_resume_the_run(tmp_path, data32, straight):
+def test_resume_from_one_to_two_then_sigterm_restart_and_kill_9(tmp_path, two_to_one):
+    """One launch, four faults' worth: `torchrun --max-restarts 1 ... train --resume RUN` of a run last written by
+    1 process; a SIGTERM to one rank stops both at one step with a checkpoint (exit 143, which torchrun counts as
+    a failure); the restarted processes resume that checkpoint; a kill -9 then, with no restarts left, ends the
+    job within a minute, the survivor in one sentence."""
     runs, logs = tmp_path / "runs", tmp_path / "logs"
-    run = _at_epoch_one(straight, runs)
+    run = runs / two_to_one[0].name
+    shutil.copytree(two_to_one[0], run)
     latest = run / "checkpoints" / "latest.pt"
-    launcher = _launch(2, "train", *TINY_ARGS, "--resume", str(run), "--epochs", "1000", "--checkpoint-steps", "2",
-                       cwd=tmp_path, torchrun=("--max-restarts", "1", "--log-dir", str(logs), "--redirects", "2"))
-    _wait_for(_saved_after(latest, None), launcher)
-    _kill(launcher, rank=1)
-    # torchrun restarts both processes (its one restart), and they go on from the run's latest checkpoint.
-    _wait_for(lambda: _workers(launcher, attempt=1), launcher)
+    written_by_one = _mtime(latest)
+    launcher = _launch(2, "train", *TINY_ARGS, "--resume", str(run), "--epochs", "1000", cwd=tmp_path,
+                       torchrun=("--max-restarts", "1", "--log-dir", str(logs), "--redirects", "2"))
+    _wait_for(lambda: len(_steps(run)) > 2 * STEPS_PER_EPOCH + 1, launcher)  # training on 2 ranks
+    os.kill(_workers(launcher)[1], signal.SIGTERM)
+
+    # Both ranks stopped at the same step; rank 0 (for rank 1's signal) wrote the checkpoint there.
+    _wait_for(lambda: _workers(launcher, attempt=1), launcher)  # torchrun restarted the processes
+    stopped = [re.findall(r"stopped by SIGTERM.*? at step (\d+)", _rank_stderr(logs, 0, rank)) for rank in (0, 1)]
+    assert len(stopped[0]) == len(stopped[1]) == 1 and stopped[0] == stopped[1], stopped
+    step = int(stopped[0][0])
+    assert "on another process" in _rank_stderr(logs, 0, 0)
+    assert "re-seeded" in _rank_stderr(logs, 0, 0)  # 1 process wrote the checkpoint, 2 resume it
+    checkpoint = _latest(run)  # read while attempt 1 starts up, before it saves
+    assert checkpoint["step"] == step > 2 * STEPS_PER_EPOCH and len(checkpoint["noise_rng_ranks"]) == 2
+    assert _mtime(latest) != written_by_one
+
+    # Attempt 1 resumed it: its first epoch-end checkpoint comes, and every step is logged once from the run's start.
     before = _mtime(latest)
     _wait_for(_saved_after(latest, before), launcher)
-    resumed_at = _latest(run)["step"]
     killed = _kill(launcher, rank=0, attempt=1)
     launcher.communicate(timeout=90)
     assert launcher.returncode != 0 and time.monotonic() - killed < 60  # no restarts left: the job ends, failed
-    assert "rank 0 lost contact" in _one_sentence(_rank_stderr(logs, 0, 0))
     line = _one_sentence(_rank_stderr(logs, 1, 1))  # rank 1 of attempt 1, whose rank 0 was killed
     assert "rank 1 lost contact" in line and f"resume with `torchrun ... -m facegan train --resume {run}`" in line
-    # Attempt 1 resumed what attempt 0 saved: every step logged once, from the start of the run on.
     steps = _steps(run)
-    assert steps == list(range(1, len(steps) + 1)) and resumed_at > STEPS_PER_EPOCH + 2
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) > step
+    assert _latest(run)["step"] > step
