@@ -57,7 +57,7 @@ def start(device: torch.device) -> bool:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     timeout = datetime.timedelta(seconds=TIMEOUT_S)
-    with lost_contact_as_error("joining the other processes", "nothing was trained by this attempt"):
+    with lost_contact_as_error("starting up", "nothing was trained by this attempt"):
         # torchrun's store (env://, the agent's own by default) outlives a restart of the workers, and with it
         # the addresses the dead attempt's ranks published: restarted ranks read those and connect to ports
         # nobody listens on any more, stalling at start-up (pytorch#135712). Each attempt's keys therefore live
