@@ -12,7 +12,8 @@ import contextlib
 import datetime
 import inspect
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -55,9 +56,64 @@ def start(device: torch.device) -> bool:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=TIMEOUT_S),
-                            **({"device_id": device} if device.type == "cuda" else {}))
+    timeout = datetime.timedelta(seconds=TIMEOUT_S)
+    with lost_contact_as_error("starting up", "nothing was trained by this attempt"):
+        # torchrun's store (env://, the agent's own by default) outlives a restart of the workers, and with it
+        # the addresses the dead attempt's ranks published: restarted ranks read those and connect to ports
+        # nobody listens on any more, stalling at start-up (pytorch#135712). Each attempt's keys therefore live
+        # under its own prefix. TORCHELASTIC_RESTART_COUNT is the same on every process a torchrun agent starts;
+        # across nodes it agrees when every node's agent counted the failure.
+        store, rank_, ranks = next(dist.rendezvous("env://", timeout=timeout))
+        store.set_timeout(timeout)
+        store = dist.PrefixStore(f"facegan/attempt-{restart_count()}", store)
+        dist.init_process_group(backend, store=store, rank=rank_, world_size=ranks, timeout=timeout,
+                                **({"device_id": device} if device.type == "cuda" else {}))
     return True
+
+
+def restart_count() -> int:
+    """How many times torchrun has restarted this job's workers (`--max-restarts`); 0 on its first attempt."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+
+def job_id() -> str | None:
+    """torchrun's rendezvous id, the same for every attempt of one job (`--rdzv-id`; a fresh one for each
+    `--standalone` job); None without torchrun."""
+    return os.environ.get("TORCHELASTIC_RUN_ID")
+
+
+class LostContact(FaceganError):
+    """This rank can no longer reach another (one died, or the network failed): the job ends here."""
+
+
+@contextlib.contextmanager
+def lost_contact_as_error(doing: str, resume_hint: str | Callable[[], str]) -> Iterator[None]:
+    """A collective that fails because a peer is gone (gloo's connection reset, NCCL's error, a timed-out
+    barrier) as one sentence (LostContact, exit status 1, so torchrun sees the failure) instead of the
+    backend's traceback; `resume_hint` says what the last checkpoint is and how to go on."""
+    try:
+        yield
+    except RuntimeError as error:
+        if not _is_lost_contact(error):
+            raise  # a bug, never hidden behind a sentence about the network
+        reason = _first_line(error)
+        hint = resume_hint() if callable(resume_hint) else resume_hint
+        raise LostContact(f"rank {rank()} lost contact with the other processes while {doing} ({reason}); "
+                          f"{hint}.") from None
+
+
+def _is_lost_contact(error: RuntimeError) -> bool:
+    """Whether `error` is torch.distributed's own (a dead or unreachable peer), not a bug of ours."""
+    text = str(error)
+    return isinstance(error, dist.DistError) or any(mark in text for mark in ("gloo", "Gloo", "NCCL", "monitoredBarrier"))
+
+
+def _first_line(error: Exception) -> str:
+    """The backend's reason, without its source location or its advice: 'Connection reset by peer'."""
+    line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    line = re.sub(r"^\[[^\]]*\]\s*", "", line)  # gloo's [file.cc:123] prefix
+    line = line.split(". This is typically")[0]  # gloo's advice to check the other worker's log
+    return line[:160].rstrip(". ")
 
 
 def stop() -> None:

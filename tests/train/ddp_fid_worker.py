@@ -1,6 +1,6 @@
 """fid64 of a tiny untrained G against data32, under torchrun (2 ranks) or alone, for test_distributed.py.
 
-    python ddp_fid_worker.py DATA OUT
+    python ddp_fid_worker.py DATA OUT     (or `fid:DATA` among ddp_worker.py's runs, in the same launch)
 
 A stand-in feature network (a fixed projection of each image's pixels, per image, so the split
 of batches cannot change a value) keeps the Inception network's minutes out of the test; the
@@ -33,19 +33,24 @@ def stand_in_features(network, images, *, batch_size=None, progress=False, total
 
 
 def main(data: str, out: str) -> None:
+    with distributed.process_group(torch.device("cpu")):
+        measure(data, out)
+
+
+def measure(data: str, out: str) -> None:
+    """fid64 of the tiny G (in the process group, if any); rank 0 writes OUT."""
     evaluate_module.features = stand_in_features
     network = SimpleNamespace(sha256="stand-in-for-a-test" + "0" * 40)
     evaluate_module.as_network = lambda network_, device, progress: network
-    with distributed.process_group(torch.device("cpu")):
-        torch.manual_seed(0)
-        generator, _ = build_models("dcgan", 16, 8, 8, 32)
-        generator.eval()
-        sample = sampler(generator, 16, batch_size=10)  # 7 batches of at most 10: uneven shares
-        values = evaluate_module.evaluate(sample, data, ["fid64"], device="cpu", seed=3)
-        fake = evaluate_module.generated_features(sample, 64, network, seed=3)
-        if distributed.rank() == 0:
-            with open(out, "w") as stream:
-                json.dump({"values": values, "fake": fake.tolist(), "measured": sum(map(len, seen))}, stream)
+    torch.manual_seed(0)
+    generator, _ = build_models("dcgan", 16, 8, 8, 32)
+    generator.eval()
+    sample = sampler(generator, 16, batch_size=10)  # 7 batches of at most 10: uneven shares
+    values = evaluate_module.evaluate(sample, data, ["fid64"], device="cpu", seed=3)
+    fake = evaluate_module.generated_features(sample, 64, network, seed=3)
+    if distributed.rank() == 0:
+        with open(out, "w") as stream:
+            json.dump({"values": values, "fake": fake.tolist(), "measured": sum(map(len, seen))}, stream)
 
 
 if __name__ == "__main__":

@@ -56,6 +56,38 @@ def test_the_run_lock_is_refused_while_another_process_holds_it_and_free_once_it
         assert (tmp_path / LOCK_FILE).read_text() == HOLDER + "\n"
 
 
+def _holder(tmp_path, line: str, seconds: float) -> subprocess.Popen:
+    """Another process holding tmp_path's lock for `seconds` under the holder's `line`."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", (f"import fcntl, os, time\nfd = os.open({str(tmp_path / LOCK_FILE)!r}, os.O_RDWR | os.O_CREAT)\n"
+                                f"fcntl.flock(fd, fcntl.LOCK_EX)\nos.write(fd, {line.encode()!r})\n"
+                                f"print('held', flush=True)\ntime.sleep({seconds})\n")],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    return holder
+
+
+def test_a_restarted_torchrun_attempt_waits_for_its_dead_predecessors_lock_but_never_for_another_job(tmp_path):
+    holder = _holder(tmp_path, "process 1 on elsewhere (torchrun job J)", 1.0)  # exits (as if killed) after 1 s
+    try:
+        with pytest.raises(FaceganError, match=r"is being trained by process 1 on elsewhere \(torchrun job J\)"), \
+                run_lock(tmp_path, job="K", wait_s=30):  # another job's lock: refused at once
+            pass
+        with run_lock(tmp_path, job="J", wait_s=30):  # the same job's: waited for until its holder is gone
+            assert holder.poll() is not None
+            assert (tmp_path / LOCK_FILE).read_text() == f"{HOLDER} (torchrun job J)\n"
+    finally:
+        holder.kill()
+        holder.wait()
+    holder = _holder(tmp_path, "process 1 on elsewhere (torchrun job J)", 60)
+    try:  # and only for wait_s: a live holder keeps its run
+        with pytest.raises(FaceganError, match="is being trained by"), run_lock(tmp_path, job="J", wait_s=0.5):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_signals_inside_only_set_the_request_and_the_first_one_wins():
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     with stop_on_signals() as request:

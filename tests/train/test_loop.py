@@ -180,3 +180,15 @@ def test_only_rank_zero_writes_and_each_rank_draws_its_share(tmp_path, data32, m
     dataset = open_prepared(data32)
     expected = list(dataset.batches(8, seed=0, epoch=0, rank=1, world_size=2))
     assert all(np.array_equal(a, b) for a, b in zip(drawn, expected))
+
+
+def test_a_restarted_torchrun_job_finds_the_newest_run_it_started(tmp_path):
+    from facegan.train.rundir import JOB, job_run_dir
+
+    assert job_run_dir(tmp_path / "none-yet", "J") is None
+    for name, job in (("00001-dcgan", "J"), ("00002-dcgan", "J"), ("00003-dcgan", "K"), ("00004-dcgan", None)):
+        (tmp_path / name).mkdir()
+        if job is not None:
+            (tmp_path / name / JOB).write_text(f"{job}\n")
+    assert job_run_dir(tmp_path, "J") == tmp_path / "00002-dcgan"  # not another job's, nor one torchrun did not start
+    assert job_run_dir(tmp_path, "L") is None

@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,25 +37,38 @@ LOCK_FILE = "train.lock"
 
 
 @contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
-    """Hold `run_dir`'s lock while training in it; refuse, naming the holder, if another process has it."""
+def run_lock(run_dir: Path, *, job: str | None = None, wait_s: float = 0.0) -> Iterator[None]:
+    """Hold `run_dir`'s lock while training in it; refuse, naming the holder, if another process has it.
+
+    `job` (torchrun's rendezvous id) goes into the holder's line. A restarted torchrun attempt passes
+    `wait_s`: a lock held by a process of the same job is its dead attempt's rank 0, which torchrun is
+    still stopping (SIGTERM, then SIGKILL after a grace period); that lock is waited for, up to `wait_s`,
+    never broken. flock is released only when its holder has exited, so a live trainer keeps its run.
+    """
     if fcntl is None:
         yield
         return
     path = Path(run_dir) / LOCK_FILE
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(descriptor, 200, 0).decode(errors="replace").strip() or "another process"
-            raise FaceganError(
-                f"{run_dir} is being trained by {holder} (it holds {path}); wait for it to finish or stop it, "
-                "then resume."
-            ) from None
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = os.pread(descriptor, 200, 0).decode(errors="replace").strip() or "another process"
+                if job is not None and holder.endswith(f"(torchrun job {job})") and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
+                raise FaceganError(
+                    f"{run_dir} is being trained by {holder} (it holds {path}); wait for it to finish or stop it, "
+                    "then resume."
+                ) from None
         # Written after locking, so it names the holder; read only to say who holds the lock.
         os.ftruncate(descriptor, 0)
-        os.pwrite(descriptor, f"process {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        line = f"process {os.getpid()} on {socket.gethostname()}" + (f" (torchrun job {job})" if job else "")
+        os.pwrite(descriptor, f"{line}\n".encode(), 0)
         yield
     finally:
         os.close(descriptor)  # releases the lock; the file stays, so no unlink races with a waiting process

@@ -39,6 +39,7 @@ from facegan.train.checkpoint import (
     LATEST,
     checkpoint_dir,
     epoch_checkpoint_name,
+    newest_good_checkpoint,
     save_checkpoint,
 )
 from facegan.train.guard import (
@@ -52,7 +53,9 @@ from facegan.train.rundir import (
     STATS,
     append_stats,
     checkpoint_to_resume,
+    job_run_dir,
     require_run_dir,
+    resume_config,
     start_run_dir,
     truncate_stats,
     warn_if_finished,
@@ -82,8 +85,13 @@ def train(config: TrainConfig, *, resume: Path | None = None, progress: bool = T
             rank, world_size = distributed.rank(), distributed.world_size()
         rank = int(os.environ.get("RANK", "0")) if rank is None else rank
         world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
+        run: _Run | None = None
+        if world_size > 1:  # a dead peer ends this rank in one sentence that names the checkpoint to go on from
+            held.enter_context(distributed.lost_contact_as_error("training", lambda: _resume_hint(run)))
         batch = distributed.per_rank_batch(config.batch_size, world_size)  # --batch-size is the global batch
         # Resume or start.
+        if resume is None and distributed.restart_count():
+            resume, config = _restarted_run(config, rank == 0, progress)
         run = _resume_or_start(config, resume, rank == 0, progress, held, world_size)
         state, run_dir = run.state, run.run_dir
         stop = held.enter_context(stop_on_signals())  # from here on SIGTERM and SIGINT stop at a step boundary
@@ -197,6 +205,33 @@ class _Run:
                                    fixed_noise=self.fixed_noise, run_dir=self.run_dir)
 
 
+def _restarted_run(config: TrainConfig, is_main: bool, progress: bool) -> tuple[Path | None, TrainConfig]:
+    """A new run's directory, to resume, and its config when torchrun has restarted the workers (--max-restarts):
+    the one this job's first attempt started, found by the job's mark (rank 0 looks, every rank learns it).
+    (None, config) when that attempt saved no checkpoint: the run starts again."""
+    found = None
+    if is_main and distributed.job_id() is not None:
+        found = job_run_dir(Path(config.runs_dir), distributed.job_id())
+        found = found if found is not None and newest_good_checkpoint(found) is not None else None
+    found = distributed.broadcast(found)
+    if found is None:
+        return None, config
+    if is_main and progress:
+        log.info(f"torchrun restarted the processes (restart {distributed.restart_count()}); resuming {found}, "
+                 "which this job started, from its newest intact checkpoint")
+    return found, resume_config(found, {})  # the command line is the first attempt's, so its config.json is the run's
+
+
+def _resume_hint(run: _Run | None) -> str:
+    """What a rank that lost its peers says about going on: the last complete checkpoint and who resumes it."""
+    if run is None or run.last_good is None or run.checkpoints is None:
+        return "no checkpoint of this run was complete yet, so it has to start again"
+    run_dir = run.checkpoints.parent
+    if distributed.restart_count() < int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")):
+        return f"the last complete checkpoint is {run.last_good}, which torchrun's restarted processes resume by themselves"
+    return f"the last complete checkpoint is {run.last_good}; resume with `torchrun ... -m facegan train --resume {run_dir}`"
+
+
 def _resume_or_start(config: TrainConfig, resume: Path | None, is_main: bool, progress: bool,
                      held: contextlib.ExitStack, world_size: int) -> _Run:
     """The state of a resumed run (its newest intact checkpoint) or of a new one (a new run directory on rank 0)."""
@@ -210,8 +245,9 @@ def _resume_or_start(config: TrainConfig, resume: Path | None, is_main: bool, pr
     if resume is not None:
         run_dir = Path(resume)
         require_run_dir(run_dir)
-        if is_main:
-            held.enter_context(run_lock(run_dir))
+        if is_main:  # a restarted attempt waits for its dead predecessor's lock to be released (guard.run_lock)
+            held.enter_context(run_lock(run_dir, job=distributed.job_id(),
+                                        wait_s=distributed.TIMEOUT_S if distributed.restart_count() else 0.0))
         last_good, checkpoint = checkpoint_to_resume(run_dir, config)
     elif config.data is not None:
         config.data = str(Path(config.data).expanduser().resolve())  # config.json must work from anywhere
@@ -243,8 +279,8 @@ def _resume_or_start(config: TrainConfig, resume: Path | None, is_main: bool, pr
         fixed_noise = torch.randn(config.grid_size, config.latent_dim,
                                   generator=torch.Generator().manual_seed(config.seed + 1)).to(device)
         if is_main:
-            run_dir = start_run_dir(config, fixed_noise, dataset)
-            held.enter_context(run_lock(run_dir))
+            run_dir = start_run_dir(config, fixed_noise, dataset, job=distributed.job_id())
+            held.enter_context(run_lock(run_dir, job=distributed.job_id()))
     state.parallel = distributed.parallel(state.generator, state.discriminator, device, sync_bn=config.sync_bn)
     checkpoints = distributed.broadcast(checkpoint_dir(run_dir) if run_dir is not None else None)
     if is_main and progress:

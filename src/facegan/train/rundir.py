@@ -1,6 +1,6 @@
 """A run directory: numbering new ones, what a resume may change, and the stats file.
 
-    runs/NNNNN-preset/  config.json  fixed_noise.pt  stats.jsonl  samples/  plots/  checkpoints/
+    runs/NNNNN-preset/  config.json  fixed_noise.pt  stats.jsonl  samples/  plots/  checkpoints/  [torchrun-job]
 
 Only rank 0 writes here. A resume reads config.json, applies the user's changes and refuses
 those that would change what fixed the run's models and data.
@@ -25,6 +25,7 @@ from facegan.paths import output_dir
 from facegan.train.checkpoint import newest_good_checkpoint
 
 STATS = "stats.jsonl"
+JOB = "torchrun-job"  # the rendezvous id of the torchrun job that started the run
 _CHECKPOINT_KEYS = ("config", "generator", "discriminator", "opt_g", "opt_d", "noise_rng", "epoch", "batch_in_epoch",
                     "step", "fixed_noise")
 
@@ -44,14 +45,30 @@ def new_run_dir(runs_dir: Path, preset: str) -> Path:
             number += 1
 
 
-def start_run_dir(config: TrainConfig, fixed_noise: torch.Tensor, dataset: PreparedDataset) -> Path:
-    """A new run directory holding the resolved config, the fixed noise and a grid of real images."""
+def start_run_dir(config: TrainConfig, fixed_noise: torch.Tensor, dataset: PreparedDataset,
+                  job: str | None = None) -> Path:
+    """A new run directory holding the resolved config, the fixed noise and a grid of real images
+    (and, under torchrun, the job that started it, so that its restarted workers find it: `job_run_dir`)."""
     run_dir = new_run_dir(Path(config.runs_dir), config.preset)
+    if job is not None:  # first, so an attempt killed at any later point is found by the next
+        write_atomically(run_dir / JOB, lambda temporary: temporary.write_text(f"{job}\n", encoding="utf-8"))
     config.save(run_dir / "config.json")
     torch.save(fixed_noise.cpu(), run_dir / "fixed_noise.pt")
     reals = dataset.take(np.arange(min(config.grid_size, len(dataset))))
     viz.save_png(viz.make_grid(reals), run_dir / "samples" / "reals.png")
     return run_dir
+
+
+def job_run_dir(runs_dir: Path, job: str) -> Path | None:
+    """The newest run directory under `runs_dir` that torchrun job `job` started, or None."""
+    def started_by_job(path: Path) -> bool:
+        try:
+            return (path / JOB).read_text(encoding="utf-8").strip() == job
+        except OSError:  # no mark: started without torchrun, or by a version that made none
+            return False
+
+    found = [path for path in runs_dir.iterdir() if path.name[:5].isdigit() and started_by_job(path)] if runs_dir.is_dir() else []
+    return max(found, key=lambda path: int(path.name[:5]), default=None)
 
 
 def require_run_dir(run_dir: Path) -> None:
