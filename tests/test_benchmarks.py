@@ -12,7 +12,7 @@ Three scripts cannot be made tiny enough and run with --help only (their imports
 fid_agreement.py and fid_floor.py print 5 to 7 FIDs, each ~4 s on one core whatever the image count
 (eigendecompositions of 2048 x 2048 covariances); metrics.py's network table is Inception-v3 forward
 passes at 299x299, ~6 s even at batch 1. Their cheap parts are checked in this process instead:
-metrics.py's statistics table on small features, fid_floor's spoiled images and standing statistics.
+metrics.py's statistics table on small features, fid_floor's spoiled images and its EMA with G's statistics.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import CELEBA, TEXT_FILES
-from torch import nn
 
 import facegan
 from facegan.models import build_models
@@ -273,16 +272,19 @@ def test_fid_floor_spoils_real_faces_as_its_rows_say(fid_floor):
     assert np.array_equal(fid_floor.blurred(grey), grey)
 
 
-def test_fid_floor_standing_statistics_are_the_plain_average_of_gs_activations(fid_floor):
+def test_fid_floor_gives_the_moving_average_the_batchnorm_statistics_of_g(fid_floor):
+    """The "EMA (G's BN statistics)" row: what checkpoints held before standing statistics (tests/train/test_ema.py)."""
     generator, _ = build_models("dcgan", 100, 8, 8, 32)
-    norms = [m for m in generator.modules() if isinstance(m, nn.BatchNorm2d)]
-    assert norms
-    seen = []
-    hook = norms[0].register_forward_hook(lambda module, inputs, out: seen.append(inputs[0].detach().mean(dim=(0, 2, 3))))
-    fid_floor.standing_statistics(generator, 100, batches=3, batch_size=8)
-    hook.remove()
-    assert not generator.training and norms[0].momentum is None and int(norms[0].num_batches_tracked) == 3
-    torch.testing.assert_close(norms[0].running_mean, torch.stack(seen).mean(dim=0))
+    ema, _ = build_models("dcgan", 100, 8, 8, 32)
+    generator.train()
+    with torch.no_grad():
+        generator(torch.randn(8, 100))  # G's running statistics move; the EMA's stay at their start
+    weights = {name: p.clone() for name, p in ema.named_parameters()}
+    assert not all(torch.equal(a, b) for a, b in zip(ema.buffers(), generator.buffers()))
+    assert fid_floor.with_statistics_of(ema, generator) is ema
+    for (name, mine), (_, theirs) in zip(ema.named_buffers(), generator.named_buffers()):
+        assert torch.equal(mine, theirs), name
+    assert all(torch.equal(p, weights[name]) for name, p in ema.named_parameters())
 
 
 def test_gpu_script_trains_measures_and_times_on_a_tiny_cpu_setting(tmp_path, monkeypatch, capsys, network, one_thread):
