@@ -151,7 +151,7 @@ def _add_field_option(group: argparse._ActionsContainer, field: dataclasses.Fiel
 def _add_train_options(train: argparse.ArgumentParser) -> None:
     """`facegan train`'s options: one per TrainConfig field that has help, in the fields' order, and a few of the CLI's own."""
     train.add_argument("--preset", default=None,
-                       help="recipe to start from: dcgan (default, the seeds'), lsgan, wgan-gp, sngan, or facegan (measured best)")
+                       help="recipe to start from: dcgan (default, the seeds'), lsgan, wgan-gp, sngan, or facegan (DCGAN + EMA of G, flips, lr decay; not yet measured better)")
     train.add_argument("--resume", type=Path, default=None, metavar="RUN", help="continue a run exactly where it stopped")
     groups = {None: train, **{name: train.add_argument_group(title) for name, title in _GROUPS.items()}}
     defaults = TrainConfig()
