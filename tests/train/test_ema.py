@@ -197,3 +197,23 @@ def test_a_runs_checkpoint_and_export_carry_the_moving_averages_standing_statist
     assert all(int(ema[name]) == 16 for name in ema if name.endswith("num_batches_tracked"))
     tensors, _ = read_exported(export_generator(run, tmp_path / "g.safetensors"))
     assert all(torch.equal(tensors[name], ema[name]) for name in means)
+
+
+def test_standing_statistics_are_computed_once_per_update(monkeypatch):
+    """An epoch end that also saves a step checkpoint, or a stop there, refreshes once; an update or a load makes them stale."""
+    from facegan.config import from_preset
+    from facegan.train import state as state_module
+
+    config = from_preset("dcgan", latent_dim=8, g_width=4, d_width=4, ema_kimg=1.0, device="cpu")
+    train_state = state_module.build_state(config, 32, torch.device("cpu"))
+    calls = []
+    monkeypatch.setattr(state_module, "standing_statistics", lambda module, *a, **k: calls.append(module))
+    train_state.refresh_ema_statistics(config)
+    train_state.refresh_ema_statistics(config)
+    assert calls == [train_state.ema.module]
+    train_state.ema.update(train_state.generator, 0.5)
+    train_state.refresh_ema_statistics(config)
+    train_state.ema.load_state_dict(train_state.ema.state_dict())
+    train_state.refresh_ema_statistics(config)
+    train_state.refresh_ema_statistics(config)
+    assert len(calls) == 3

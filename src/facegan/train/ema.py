@@ -50,6 +50,9 @@ class EMA:
         # Create it after the model is on its device and in its memory format: the copy keeps both.
         self.module = copy.deepcopy(model).requires_grad_(False)
         self._names = [name for name, _ in model.named_parameters()]
+        # Whether the copy's BatchNorm statistics are standing ones of its present weights
+        # (TrainState.refresh_ema_statistics): every update and load makes them stale.
+        self.standing = False
 
     @torch.no_grad()
     def update(self, model: nn.Module, beta: float) -> None:
@@ -60,6 +63,7 @@ class EMA:
         torch._foreach_lerp_(list(self.module.parameters()), list(params), 1.0 - beta)
         for average, buffer in zip(self.module.buffers(), model.buffers()):
             average.copy_(buffer)
+        self.standing = False
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The averaged model's tensors, for a checkpoint's "generator_ema"."""
@@ -68,6 +72,7 @@ class EMA:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore what state_dict() gave."""
         self.module.load_state_dict(state)
+        self.standing = False
 
 
 @torch.no_grad()

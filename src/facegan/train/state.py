@@ -63,8 +63,9 @@ class TrainState:
         carries them to everything that reads it (sample, export, evaluate, serve, audit). The next
         update copies G's again, so training itself, and a resume, are exactly as without it.
         """
-        if self.ema is not None:
+        if self.ema is not None and not self.ema.standing:  # once per update: an epoch end that also saves, or a stop, pays once
             standing_statistics(self.ema.module, config.latent_dim, labels=self.labels)
+            self.ema.standing = True
 
     def to_checkpoint(self, config: TrainConfig, fixed_noise: torch.Tensor) -> dict:
         """Tensors and plain data only, so it loads with weights_only=True."""
