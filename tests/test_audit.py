@@ -127,12 +127,12 @@ def test_conditional_accuracy_of_a_real_conditional_run(audited, tmp_path):
     # A tiny run conditioned on Male and Eyeglasses; the classifier knows Male (and Smiling), not Eyeglasses.
     from facegan import audit
     from facegan.classifier import load_classifier
-    from facegan.generation import load_generator
+    from facegan.generation import load_generator_and_labels
 
     _, classifier, data = audited
     run = train(tiny(tmp_path, data, epochs=1, grid_size=4, condition=("Male", "Eyeglasses")), progress=False)
-    generator, config = load_generator(run)
-    result = audit.conditional_accuracy(run, generator, config, load_classifier(classifier), 64, 0)
+    generator, config, table = load_generator_and_labels(run)
+    result = audit.conditional_accuracy(run, generator, config, table, load_classifier(classifier), 64, 0)
     assert result["attributes"] == ["Male"] and result["not_classified"] == ["Eyeglasses"]
     one, zero = result["rows"]
     assert one["samples"] == zero["samples"] == 32  # -n split over one attribute x two values

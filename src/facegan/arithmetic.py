@@ -49,8 +49,7 @@ from facegan.generation import (
     generate,
     latent_batches,
     latents,
-    load_generator,
-    load_label_table,
+    load_generator_and_labels,
 )
 from facegan.paths import output_file
 from facegan.runtime import resolve_device
@@ -355,12 +354,11 @@ def arithmetic(
     model = classifier if classifier_path is None else load_classifier(classifier_path, torch_device)
     name = str(classifier_path) if classifier_path else "the classifier"
     column = classifier_column(model, attribute, name)
-    generator, config = load_generator(source, torch_device)
+    generator, config, table = load_generator_and_labels(source, torch_device)
     if model.resolution != config.resolution:
         raise FaceganError(f"the classifier {name} reads {model.resolution}px images but {source} makes "
                            f"{config.resolution}px ones; train a classifier at {config.resolution}px.")
     fixed = parse_attrs(attrs or "", config.condition)
-    table = load_label_table(source) if config.condition else None
     if analogy_with is not None:
         check_analogy(attribute, analogy_with)
         classifier_column(model, analogy_with, name)

@@ -24,11 +24,12 @@ import numpy as np
 import torch
 
 from facegan.classifier import Classifier, load_classifier, predict, split_rows
+from facegan.conditions import LabelTable
 from facegan.data.builtin import open_data
 from facegan.data.prepared import PreparedDataset
 from facegan.errors import FaceganError
 from facegan.files import write_atomically
-from facegan.generation import load_generator, sampler
+from facegan.generation import load_generator_and_labels, sampler
 from facegan.plots import new_figure, save_figure, style_axes
 from facegan.runtime import resolve_device
 
@@ -176,7 +177,7 @@ def audit_run(
     torch_device = resolve_device(device)
     classifier_path = Path(classifier) if not isinstance(classifier, Classifier) else Path("(in memory)")
     model = classifier if isinstance(classifier, Classifier) else load_classifier(classifier_path, torch_device)
-    generator, config = load_generator(run, torch_device)
+    generator, config, table = load_generator_and_labels(run, torch_device)  # a conditional run: labels as in training
     dataset = open_data(data if data is not None else config.data, config.synthetic_count, config.resolution)
     _require_match(model, dataset, int(config.resolution), classifier_path)
     named = _groups(model, dataset, groups)
@@ -187,9 +188,6 @@ def audit_run(
     # Classify real held-out images and generated ones.
     heldout, heldout_what = real_heldout(model, dataset)
     real_predicted = predict(model, dataset.take(heldout)) >= 0.5
-    from facegan.generation import load_label_table
-
-    table = load_label_table(run) if config.condition else None  # a conditional run: labels as in training
     batches = list(sampler(generator, config.latent_dim, batch_size=500, labels=table)(count, seed))
     fake_images = np.concatenate(batches)
     fake_predicted = predict(model, fake_images) >= 0.5
@@ -213,7 +211,7 @@ def audit_run(
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if report["condition"]:
-        report["conditional"] = conditional_accuracy(run, generator, config, model, count, seed)
+        report["conditional"] = conditional_accuracy(run, generator, config, table, model, count, seed)
     if named:
         report["groups"] = _intersections(model, named, labels, fake_predicted)
         if pr:
@@ -225,15 +223,13 @@ def audit_run(
     return report
 
 
-def conditional_accuracy(run: Path, generator: torch.nn.Module, config, model: Classifier, count: int, seed: int) -> dict:
+def conditional_accuracy(run: Path, generator: torch.nn.Module, config, table: LabelTable | None, model: Classifier,
+                         count: int, seed: int) -> dict:
     """For a conditional run: per conditioned attribute the classifier knows and per value, the share of samples asked
     for that value that show it ("Smiling=1 gives a smile in 93% of samples"), observed and corrected.
 
     The other attributes are drawn from the training labels' joint distribution given the fixed one, as `sample` does.
     """
-    from facegan.generation import load_label_table
-
-    table = load_label_table(run)
     if table is None:
         raise FaceganError(f"{run} is conditioned on {', '.join(config.condition)} but holds no label table to draw "
                            "conditions from; it was trained by an older facegan.")

@@ -4,7 +4,8 @@ It is what the audit measures generated faces with, so it carries its own error 
 attribute's accuracy, balanced accuracy, false-positive and false-negative rates on rows it was
 not trained on, in the metadata of its safetensors file beside its attribute names, resolution and
 the content hash of its data. Training takes CelebA's train partition when the dataset records
-partitions, else a seeded 90% of the rows; the rest are held out.
+partitions, else a seeded 90% of the rows; the rest are held out. Files written before the
+`flip_average` metadata existed load as they were trained: without averaging over mirror images.
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ class Classifier:
     data_hash: str
     split: str
     metadata: dict[str, str]
+    # Average each image's logits with its mirror image's; files written before this was recorded did not.
+    flip_average: bool = False
 
     def accuracy_line(self) -> str:
         """The held-out accuracy of each attribute, in one line, to state beside any figure it made."""
@@ -100,7 +103,9 @@ def predict(classifier: Classifier, images: np.ndarray, *, batch_size: int = 256
     out = []
     with torch.inference_mode(), autocast:
         for start in range(0, len(images), batch_size):
-            out.append(torch.sigmoid(net(_to_input(images[start : start + batch_size], device)).float()).cpu().numpy())
+            x = _to_input(images[start : start + batch_size], device)
+            logits = (net(x).float() + net(x.flip(3)).float()) / 2 if classifier.flip_average else net(x).float()
+            out.append(torch.sigmoid(logits).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, len(classifier.attributes)), np.float32)
 
 
@@ -147,6 +152,19 @@ def format_heldout(heldout: dict[str, dict], split: str = "") -> str:
 # ----------------------------------------------------------------------------- training
 
 
+def augment(x: torch.Tensor, rng: np.random.Generator, shift: int = 0) -> torch.Tensor:
+    """Each (N, 3, S, S) image flipped left-right at random, then moved by up to `shift` pixels each way (edges repeated)."""
+    flip = torch.from_numpy(rng.random(len(x)) < 0.5).to(x.device)
+    x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    if shift <= 0:
+        return x
+    size = x.shape[-1]
+    # Replicated edges, not zeros: a black band would be a cue that no real face has.
+    padded = F.pad(x, (shift,) * 4, mode="replicate")
+    offsets = rng.integers(0, 2 * shift + 1, size=(len(x), 2))
+    return torch.stack([padded[i, :, dy : dy + size, dx : dx + size] for i, (dy, dx) in enumerate(offsets.tolist())])
+
+
 def resolve_attributes(dataset: PreparedDataset, attrs: Sequence[str] | None) -> list[str]:
     """The attributes to learn: those named (each once, each in the data), or the defaults the data has."""
     have = dataset.attribute_names
@@ -171,31 +189,42 @@ def train_classifier(
     dataset: PreparedDataset,
     attrs: Sequence[str] | None = None,
     *,
-    epochs: int = 6,
+    epochs: int = 18,
     batch_size: int = 128,
     lr: float = 3e-3,
     width: int = 32,
+    shift: int = 4,
+    weight_decay: float = 0.05,
+    auxiliary: bool = True,
+    flip_average: bool = True,
     seed: int = 0,
     device: torch.device | str = "cpu",
     precision: str = "auto",
     log: Callable[[str], None] | None = None,
 ) -> Classifier:
-    """Train on the training rows, measure on the held-out ones; horizontal flips, class-balanced loss, one-cycle LR."""
+    """Train on the training rows, measure on the held-out ones; flips and shifts, class-balanced loss, one-cycle LR.
+
+    On celeba-89 at 64 px (issue 15) these defaults against the first recipe (6 epochs, flips only, weight decay
+    5e-4, only the asked-for attributes): Male 94.0% against 92.9%, Eyeglasses balanced 95.4% against 93.5%.
+    """
     if epochs <= 0 or batch_size <= 0:
         raise FaceganError("--epochs and the batch size must be positive.")
     names = resolve_attributes(dataset, attrs)
-    columns = [dataset.attribute_names.index(name) for name in names]
+    # auxiliary: learn every attribute the data has, the asked-for ones first, and keep only their
+    # outputs; the others' labels shape the shared features (multi-task learning) for free.
+    learned = names + ([name for name in dataset.attribute_names if name not in names] if auxiliary else [])
+    columns = [dataset.attribute_names.index(name) for name in learned]
     labels = np.asarray(dataset.attributes)[:, columns].astype(bool)
     train_rows, heldout_rows, split = split_rows(dataset, seed)
     device = torch.device(device)
     mode = resolve_precision(precision, device)
     torch.manual_seed(seed)
-    net = AttributeNet(len(names), dataset.resolution, width).to(device)
+    net = AttributeNet(len(learned), dataset.resolution, width).to(device)
     positive = labels[train_rows].mean(axis=0)
     pos_weight = torch.tensor(np.clip((1 - positive) / np.maximum(positive, 1e-6), 1.0, MAX_POS_WEIGHT),
                               dtype=torch.float32, device=device)
     steps = epochs * max(1, len(train_rows) // batch_size)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=5e-4)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
     rng = np.random.default_rng(seed)
     started = time.monotonic()
@@ -207,8 +236,7 @@ def train_classifier(
         for index in range(batches):
             rows = np.sort(order[index * batch_size : (index + 1) * batch_size])
             x = _to_input(dataset.take(rows), device)
-            flip = torch.from_numpy(rng.random(len(rows)) < 0.5).to(device)
-            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+            x = augment(x, rng, shift)
             y = torch.from_numpy(labels[rows].astype(np.float32)).to(device)
             with mode.autocast():
                 logits = net(x)
@@ -221,11 +249,18 @@ def train_classifier(
         if log is not None:
             log(f"epoch {epoch + 1}/{epochs}: loss {total / batches:.4f} ({time.monotonic() - started:.0f} s)")
     net.eval()
-    classifier = Classifier(net, names, dataset.resolution, {}, str(dataset.manifest.get("content_hash", "")), split, {})
+    if len(learned) > len(names):
+        head = nn.Linear(net.head.in_features, len(names)).to(device)
+        head.load_state_dict({key: value[: len(names)] for key, value in net.head.state_dict().items()})
+        net.head = head
+    labels = labels[:, : len(names)]
+    classifier = Classifier(net, names, dataset.resolution, {}, str(dataset.manifest.get("content_hash", "")), split, {},
+                            flip_average)
     probabilities = predict(classifier, dataset.take(heldout_rows), precision=mode)
     predicted = probabilities >= 0.5
     classifier.heldout = {name: confusion(labels[heldout_rows, k], predicted[:, k]) for k, name in enumerate(names)}
-    classifier.metadata = _metadata(classifier, width, train_count=len(train_rows), epochs=epochs)
+    classifier.metadata = _metadata(classifier, width, train_count=len(train_rows), epochs=epochs, shift=shift,
+                                    auxiliary=len(learned) - len(names), flip_average=flip_average)
     return classifier
 
 
@@ -285,4 +320,6 @@ def load_classifier(path: str | os.PathLike, device: torch.device | str = "cpu")
     if not all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point()):
         raise FaceganError(f"{path} holds weights that are not finite numbers; train it again.")
     net.load_state_dict(tensors)
-    return Classifier(net.to(device).eval(), attributes, resolution, heldout, metadata["data_hash"], metadata["split"], metadata)
+    flip_average = metadata.get("flip_average", "false") == "true"
+    return Classifier(net.to(device).eval(), attributes, resolution, heldout, metadata["data_hash"], metadata["split"], metadata,
+                      flip_average)

@@ -510,7 +510,7 @@ def _add_classifier_parser(commands: argparse._SubParsersAction) -> None:
                        help="comma-separated attribute names (default: those the data has among "
                             "Smiling, Male, Young, Eyeglasses, Pale_Skin, Blond_Hair, Black_Hair, Wearing_Hat)")
     train.add_argument("--out", type=Path, default=None, help="the .safetensors file to write (default DATA/classifier.safetensors)")
-    train.add_argument("--epochs", type=_positive_int, default=6, help="passes over the training rows (default 6)")
+    train.add_argument("--epochs", type=_positive_int, default=18, help="passes over the training rows (default 18)")
     train.add_argument("--width", type=_positive_int, default=32, help="channels of the first block (default 32)")
     train.add_argument("--seed", type=_natural_int, default=0, help="seed of the weights, batches and 90%% split (default 0)")
     train.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")

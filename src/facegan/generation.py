@@ -11,7 +11,7 @@
   numbers before they are checked: the configuration is validated, the weights' names and shapes
   are compared with the generator it describes (built on the meta device, where nothing is
   allocated), and weights holding NaN or infinity are refused. `load_label_table(source)`: a
-  conditional run's training labels, from the same places.
+  conditional run's training labels, from the same places; `load_generator_and_labels` both from one read.
 """
 
 from __future__ import annotations
@@ -172,22 +172,36 @@ def load_generator(source: str | os.PathLike, device: torch.device | str = "cpu"
     `which="ema"` (the default) is the generator to sample from: the moving average when the run
     keeps one, else G itself; `which="raw"` is always G's own trained weights.
     """
+    generator, config, _ = _load(source, device, which, labels=False)
+    return generator, config
+
+
+def load_generator_and_labels(source: str | os.PathLike, device: torch.device | str = "cpu", *,
+                              which: str = "ema") -> tuple[nn.Module, TrainConfig, LabelTable | None]:
+    """`load_generator` and `load_label_table` from one read of the file: G, its configuration and its training labels."""
+    return _load(source, device, which, labels=True)
+
+
+def _load(source: str | os.PathLike, device: torch.device | str, which: str,
+          labels: bool) -> tuple[nn.Module, TrainConfig, LabelTable | None]:
     if which not in WEIGHTS:
         raise ValueError(f"which must be one of {WEIGHTS}, not {which!r}")
     path = Path(source).expanduser()
     if path.suffix.lower() == EXPORT_SUFFIX and path.is_file():
-        weights, config = read_exported(path)
+        weights, config, metadata = _read_exported(path)
+        data = _exported_labels(metadata)
     else:
         if not path.exists():
             raise FaceganError(f"{path} does not exist; give a run directory (runs/NNNNN-preset), a checkpoint file "
                                "or a .safetensors file from `facegan export`.")
         path, checkpoint = resolve_checkpoint(path)
-        config = checkpoint_config(path, checkpoint)
+        config, data = checkpoint_config(path, checkpoint), checkpoint.get("labels")
         weights = checkpoint["generator"]
         if which == "ema" and isinstance(checkpoint.get("generator_ema"), dict):
             weights = checkpoint["generator_ema"]
     generator = build_generator(config, weights, path)
-    return generator.to(device, memory_format=torch.channels_last).eval(), config
+    table = _label_table(path, config, data) if labels else None
+    return generator.to(device, memory_format=torch.channels_last).eval(), config, table
 
 
 def load_label_table(source: str | os.PathLike) -> LabelTable | None:
@@ -199,14 +213,22 @@ def load_label_table(source: str | os.PathLike) -> LabelTable | None:
                 metadata = file.metadata() or {}
         except (SafetensorError, OSError, ValueError):
             metadata = {}
-        config = _exported_config(path, metadata)
-        try:
-            data = json.loads(metadata["labels"]) if "labels" in metadata else None
-        except ValueError:
-            data = {}
+        config, data = _exported_config(path, metadata), _exported_labels(metadata)
     else:
         path, checkpoint = resolve_checkpoint(path)
         config, data = checkpoint_config(path, checkpoint), checkpoint.get("labels")
+    return _label_table(path, config, data)
+
+
+def _exported_labels(metadata: dict[str, str]) -> object:
+    try:
+        return json.loads(metadata["labels"]) if "labels" in metadata else None
+    except ValueError:
+        return {}  # damaged: LabelTable.from_dict says so in one sentence
+
+
+def _label_table(path: Path, config: TrainConfig, data: object) -> LabelTable | None:
+    """The checked label table of a file whose configuration and label data were read; None when unconditional."""
     if not config.condition:
         return None
     if data is None:
@@ -309,7 +331,11 @@ def read_exported(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], Tra
     checked against the generator it describes before any tensor is read. Weights that are not
     finite are refused.
     """
-    path = Path(path)
+    tensors, config, _ = _read_exported(Path(path))
+    return tensors, config
+
+
+def _read_exported(path: Path) -> tuple[dict[str, torch.Tensor], TrainConfig, dict[str, str]]:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as file:
             metadata = file.metadata() or {}
@@ -327,7 +353,7 @@ def read_exported(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], Tra
         raise FaceganError(f"{path} is damaged or not a safetensors file ({first}).") from None
     rename_old_keys(model, tensors, "")
     check_finite(tensors, path)
-    return tensors, config
+    return tensors, config, metadata
 
 
 def _exported_config(path: Path, metadata: dict[str, str]) -> TrainConfig:

@@ -20,7 +20,7 @@ from facegan.conditions import parse_attrs
 from facegan.data.prepared import MANIFEST
 from facegan.errors import FaceganError
 from facegan.files import reporting_disk_errors
-from facegan.generation import SampleFn, load_generator, load_label_table, sampler
+from facegan.generation import SampleFn, load_generator_and_labels, sampler
 from facegan.paths import output_dir, output_file
 from facegan.precision import resolve_precision
 from facegan.runtime import out_of_memory_as_error, resolve_device
@@ -82,9 +82,8 @@ def run_sampler(source: str | Path, device: str = "auto", batch_size: int = 256,
                 attrs: str | None = None, truncation: float = 1.0) -> SampleFn:
     """The sampling function of a run, checkpoint or exported file, with `attrs` held for a conditional one."""
     torch_device = resolve_device(device)
-    generator, config = load_generator(source, torch_device)
+    generator, config, labels = load_generator_and_labels(source, torch_device)
     fixed = parse_attrs(attrs or "", config.condition)
-    labels = load_label_table(source) if config.condition else None
     fast = resolve_precision(precision, torch_device)
     return sampler(generator, config.latent_dim, batch_size=batch_size, precision=fast, labels=labels, fixed=fixed,
                    truncation=truncation)

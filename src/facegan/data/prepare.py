@@ -428,29 +428,31 @@ def _warn_about(manifest: dict) -> None:
                       "dataset.json lists them as duplicate_annotation_rows.", FaceganWarning, stacklevel=3)
 
 
+# Each kind of label trouble a manifest counts, and its sentence: {count}, the label file's {name},
+# and for malformed rows the first one's {line} and {reason}.
+_LABEL_TROUBLE = (
+    ("images_without_row", ("{count:,} images have no row in {name} and were left out of the prepared dataset (they "
+                            "have no labels); dataset.json counts them as label_file.images_without_row.")),
+    ("malformed_rows", ("{count:,} rows of {name} are malformed and were skipped (the first, line {line}, has "
+                        "{reason}); dataset.json counts them as label_file.malformed_rows.")),
+    ("duplicate_rows", ("{count:,} rows of {name} name an image that another row names too, so those images were left "
+                        "out; dataset.json counts them as label_file.duplicate_rows.")),
+    ("ambiguous_rows", ("{count:,} rows of {name} give a bare file name that several images in the folder share, so "
+                        "they were matched to none; give paths relative to the folder. dataset.json counts them as "
+                        "label_file.ambiguous_rows.")),
+)
+
+
 def _warn_about_labels(record: dict | None) -> None:
     """One sentence per kind of label trouble; rows that name no image are not trouble (label_rows_sentence)."""
     if not record:
         return
     name = Path(record["path"]).name
-    count = record["images_without_row"]
-    if count:
-        warnings.warn(f"{count:,} images have no row in {name} and were left out of the prepared dataset (they have "
-                      "no labels); dataset.json counts them as label_file.images_without_row.", FaceganWarning, stacklevel=4)
-    count = record["malformed_rows"]
-    if count:
-        first = record["malformed_examples"][0]
-        warnings.warn(f"{count:,} rows of {name} are malformed and were skipped (the first, line {first['line']}, has "
-                      f"{first['reason']}); dataset.json counts them as label_file.malformed_rows.", FaceganWarning, stacklevel=4)
-    count = record["duplicate_rows"]
-    if count:
-        warnings.warn(f"{count:,} rows of {name} name an image that another row names too, so those images were left "
-                      "out; dataset.json counts them as label_file.duplicate_rows.", FaceganWarning, stacklevel=4)
-    count = record["ambiguous_rows"]
-    if count:
-        warnings.warn(f"{count:,} rows of {name} give a bare file name that several images in the folder share, so "
-                      "they were matched to none; give paths relative to the folder. dataset.json counts them as "
-                      "label_file.ambiguous_rows.", FaceganWarning, stacklevel=4)
+    first = (record.get("malformed_examples") or [{}])[0]
+    for key, sentence in _LABEL_TROUBLE:
+        if record[key]:
+            warnings.warn(sentence.format(count=record[key], name=name, line=first.get("line"), reason=first.get("reason")),
+                          FaceganWarning, stacklevel=4)
     for column in record["skipped_columns"]:
         warnings.warn(f"column {column['column']} of {name} was not made an attribute: {column['reason']}.",
                       FaceganWarning, stacklevel=4)

@@ -37,7 +37,7 @@ from facegan.data import PreparedDataset, open_prepared
 from facegan.data.builtin import open_data
 from facegan.errors import FaceganError, FaceganWarning
 from facegan.files import write_atomically
-from facegan.generation import SampleFn, load_generator, load_label_table, sampler
+from facegan.generation import SampleFn, load_generator_and_labels, sampler
 from facegan.metrics import fid as fid_math
 from facegan.metrics.inception import RESIZE_MODE, Inception, features, load_inception
 from facegan.metrics.names import VALUE_KEY, Metric, as_metrics
@@ -321,14 +321,14 @@ def evaluate_run(
             described = _describe(path, run_dir)
             if path.name == "latest.pt" and any(r["step"] == described["step"] for r in records):
                 continue  # `all`: latest.pt is usually the last epoch's checkpoint again
-            generator, config = load_generator(path, torch_device)
+            generator, config, labels = load_generator_and_labels(path, torch_device)
             data = open_data(dataset if dataset is not None else config.data, config.synthetic_count, config.resolution,
                              progress=progress)
             if data.resolution != config.resolution:
                 warn(f"the generator makes {config.resolution}px images and {data.path} holds {data.resolution}px ones; "
                      "both are resized to 299px, but the comparison is unusual.")
             with out_of_memory(batch_size):
-                values = evaluate(sampler(generator, config.latent_dim, labels=load_label_table(path) if config.condition else None), data, parsed, device=torch_device, seed=seed,
+                values = evaluate(sampler(generator, config.latent_dim, labels=labels), data, parsed, device=torch_device, seed=seed,
                                   network=inception, batch_size=batch_size, progress=progress)
             record = {**described, **values, "checkpoint": str(path), "dataset": str(data.path),
                       "real_images": {m.name: min(m.count, len(data)) for m in parsed}, "seed": seed,
