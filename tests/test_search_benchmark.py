@@ -142,3 +142,21 @@ def test_the_results_file_and_its_report(search, tmp_path):
     assert [int(r.split()[0]) for r in rows] == [1, 2]  # the best two, best first
     assert "the seeds' dcgan (trial 0): fid1k 300.0; best: trial 1, 200.0 (0.67x dcgan's)" in out.getvalue()
     assert "failed: 3: it diverged" in out.getvalue()
+
+
+def test_the_fast_preset_is_the_searchs_best_finished_recipe_and_makes_64px_faces(search, tmp_path):
+    """The preset is what the committed search measured best, nothing tuned beside it, and still 64x64 from scratch."""
+    results = json.loads((ROOT / "benchmarks" / "results" / "search-celeba-89.json").read_text())
+    best = min((t for t in results["trials"] if t["state"] == "COMPLETE"), key=lambda t: t["value"])
+    params = {**best["params"], "width": best["params"].get("width", best["params"].get("resnet_width"))}
+    recipe = {key: params[key] for key in search.BASELINES[0]}
+    measured = from_preset("dcgan", data=str(tmp_path), **search.overrides(recipe))
+    fast = from_preset("fast", data=str(tmp_path))
+    assert dataclasses.replace(measured, preset="fast", spectral_norm=fast.spectral_norm) == fast
+    import torch
+
+    from facegan.train.state import build_state
+
+    state = build_state(fast, 64, torch.device("cpu"))
+    with torch.no_grad():
+        assert state.generator.eval()(torch.randn(2, fast.latent_dim)).shape == (2, 3, 64, 64)
