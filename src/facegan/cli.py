@@ -346,6 +346,8 @@ def run_train(args: argparse.Namespace) -> None:
     overrides = {field.name: getattr(args, field.name) for field in _train_fields()}
     if args.data is not None:  # absolute, so a run resumes from any directory and compares equal
         overrides["data"] = str(real_path(args.data, "--data"))
+    if args.eval_data is not None:
+        overrides["eval_data"] = str(real_path(args.eval_data, "--eval-data"))
     if args.lr is not None:
         overrides["lr_g"] = overrides["lr_g"] if overrides["lr_g"] is not None else args.lr
         overrides["lr_d"] = overrides["lr_d"] if overrides["lr_d"] is not None else args.lr

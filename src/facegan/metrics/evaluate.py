@@ -280,9 +280,10 @@ def _checkpoints(run: Path, which: str | os.PathLike | None) -> list[Path]:
 
 
 def _describe(path: Path, run_dir: Path | None) -> dict:
-    """Step, epoch and kimg of a checkpoint (kimg from the run's stats.jsonl when it has that step)."""
+    """Step, epoch, kimg and CPU seconds of a checkpoint (kimg from the run's stats.jsonl when it has that step;
+    cpu_s None for a checkpoint written before facegan counted CPU time)."""
     if path.suffix.lower() != ".pt":
-        return {"step": None, "epoch": None, "kimg": None}
+        return {"step": None, "epoch": None, "kimg": None, "cpu_s": None}
     checkpoint = load_checkpoint(path)
     step, epoch = checkpoint.get("step"), checkpoint.get("epoch")
     batch = (checkpoint.get("config") or {}).get("batch_size")
@@ -290,7 +291,7 @@ def _describe(path: Path, run_dir: Path | None) -> dict:
     stats = run_dir / "stats.jsonl" if run_dir is not None else None
     if stats is not None and stats.exists():  # counts every rank's images in multi-GPU runs; damaged lines left out
         kimg = next((r["kimg"] for r in plots.read_records(stats)[0] if r.get("step") == step and "kimg" in r), kimg)
-    return {"step": step, "epoch": epoch, "kimg": kimg}
+    return {"step": step, "epoch": epoch, "kimg": kimg, "cpu_s": checkpoint.get("cpu_s")}
 
 
 def evaluate_run(
