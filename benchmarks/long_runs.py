@@ -208,7 +208,8 @@ def run_all(recipes: list[Recipe], results: dict, path: Path, minutes: float, wo
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
 
-    def stop_children(signum, frame) -> None:  # each saves latest.pt at its next step and exits
+    def stop_children(signum, frame) -> None:  # each saves latest.pt at its next step and exits; none starts after
+        waiting.clear()
         for process in running.values():
             process.send_signal(signal.SIGTERM)
 
@@ -240,8 +241,9 @@ def run_all(recipes: list[Recipe], results: dict, path: Path, minutes: float, wo
                 entry["last_exit"] = process.returncode
                 save(path, results)
                 print(f"{name}: {entry['state']} (exit {process.returncode}; log {logs / f'{name}.log'})", file=sys.stderr, flush=True)
-    except KeyboardInterrupt:  # the children had the same Ctrl-C: wait for their checkpoints
+    except KeyboardInterrupt:  # a terminal's Ctrl-C reached the children too (a second changes nothing): wait for their checkpoints
         for name, process in running.items():
+            process.send_signal(signal.SIGINT)
             process.wait()
             results["runs"][name].update(state="stopped", last_exit=process.returncode)
         save(path, results)
