@@ -291,7 +291,7 @@ def print_table(results: dict, names: list[str]) -> dict[str, dict]:
     print(f"\n{settings['data']}: each recipe for its CPU budget (user + system of its own process), {key} against "
           f"{settings['eval_data']} every {settings['eval_every']} epochs and at the stop; lower is better\n")
     header = (f"{'recipe':<16}{'preset':<10}{'state':<9}{'budget min':>11}{'CPU min':>9}{'G steps':>9}{'img/s':>8}"
-              f"{'img/CPU s':>10}{'first ' + key:>13}{'best ' + key:>13}{'last ' + key:>13}")
+              f"{'img/CPU s':>10}{'first ' + key:>14}{'best ' + key:>14}{'last ' + key:>14}")
     print(header)
     print("-" * len(header))
 
@@ -302,8 +302,8 @@ def print_table(results: dict, names: list[str]) -> dict[str, dict]:
         entry = results["runs"][name]
         print(f"{name:<16}{entry['preset']:<10}{row['state']:<9}{cell(entry.get('budget_minutes'), 11, ',.2f')}"
               f"{cell(row['cpu_minutes'], 9, ',.2f')}{cell(row['steps'], 9, ',')}{cell(row['images_per_s'], 8, ',.1f')}"
-              f"{cell(row['images_per_cpu_s'], 10, ',.1f')}{cell(row['first'], 13, '.2f')}{cell(row['best'], 13, '.2f')}"
-              f"{cell(row['last'], 13, '.2f')}")
+              f"{cell(row['images_per_cpu_s'], 10, ',.1f')}{cell(row['first'], 14, '.2f')}{cell(row['best'], 14, '.2f')}"
+              f"{cell(row['last'], 14, '.2f')}")
     return rows
 
 
