@@ -301,7 +301,7 @@ def _resume_or_start(config: TrainConfig, resume: Path | None, is_main: bool, pr
     if is_main and progress:
         log.info(f"training {config.preset} on {dataset.path} ({len(dataset):,} images of {dataset.resolution}px) "
                  f"on {device} ({state.precision.name}){f' x {world_size} processes' if world_size > 1 else ''}; run directory {run_dir}")
-    budget_spent = checkpoint is not None and _budget_left_at_resume(run_dir, checkpoint, config, is_main) is False
+    budget_spent = checkpoint is not None and _spent_at_resume(run_dir, checkpoint, config, is_main)
     return _Run(state, device, dataset, source, fixed_noise, run_dir, last_good, checkpoints, eval_data,
                 budget_spent=budget_spent)
 
@@ -321,25 +321,25 @@ def _eval_data(config: TrainConfig, dataset: PreparedDataset) -> PreparedDataset
     return reference
 
 
-def _budget_left_at_resume(run_dir: Path | None, checkpoint: dict, config: TrainConfig, is_main: bool) -> bool | None:
-    """Whether a resumed run has CPU time left under --max-cpu-minutes (None: no budget); warns when it has none.
+def _spent_at_resume(run_dir: Path | None, checkpoint: dict, config: TrainConfig, is_main: bool) -> bool:
+    """Whether a resumed run has already spent its --max-cpu-minutes (said in a warning: nothing is trained).
 
-    Only a checkpoint at an epoch's end can have spent its budget (the loop stops there); one taken mid-epoch
+    Only a checkpoint at an epoch's end can have spent it (the loop stops there); one taken mid-epoch
     finishes its epoch first.
     """
     if not config.max_cpu_minutes:
-        return None
+        return False
     if "cpu_s" not in checkpoint and is_main:
         warnings.warn(f"{run_dir} was checkpointed before facegan counted CPU time, so --max-cpu-minutes counts from "
                       "this resume (the time it trained before is unknown and taken as 0).", FaceganWarning, stacklevel=3)
     spent = cputime.carried_seconds(checkpoint)
     if checkpoint["batch_in_epoch"] or spent < config.max_cpu_minutes * 60:
-        return True
+        return False
     if is_main:
         warnings.warn(f"{run_dir} has already spent {spent / 60:.1f} CPU minutes, its --max-cpu-minutes "
                       f"{config.max_cpu_minutes:g}, so there is nothing to train; give a larger --max-cpu-minutes "
                       "to train on.", FaceganWarning, stacklevel=3)
-    return False
+    return True
 
 
 def _training_data(config: TrainConfig, progress: bool, world_size: int) -> PreparedDataset:
