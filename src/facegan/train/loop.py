@@ -475,9 +475,10 @@ def _finish_epoch(state: TrainState, config: TrainConfig, run: _Run, guard: Dive
     if run.run_dir is not None:
         checkpoint.update(epoch=state.epoch, batch_in_epoch=0)
         _end_of_epoch(run.run_dir, config, state, run.dataset, run.fixed_noise, checkpoint)
-    # Rank 0's clock decides for every rank (each counts its own process), so that all stop at the same epoch.
+    # The budget is judged on the CPU time the epoch's checkpoint carries, so that a resume of it with the same
+    # budget agrees that nothing is left. Rank 0's decides for every rank (each counts its own process).
     run.budget_spent = bool(distributed.broadcast(
-        bool(config.max_cpu_minutes) and state.cpu.seconds() >= config.max_cpu_minutes * 60))
+        bool(config.max_cpu_minutes) and checkpoint["cpu_s"] >= config.max_cpu_minutes * 60))
     # A run stopped by its budget is always measured at its stop, due or not: its last model is the one the
     # budget bought, and what a comparison at equal CPU time compares. (A run ending at --epochs is measured
     # only when due, as before.) Every rank measures its share of the images.
