@@ -219,12 +219,12 @@ def _same(x, y) -> bool:
 def assert_identical(a: Path, b: Path) -> None:
     """The final checkpoints (latest.pt) of two runs hold the same training state, bit for bit: G, D,
     G's moving average, both optimizers, the noise RNG, the fixed noise and the counters. Only the
-    configuration may differ (where each run's files go)."""
+    configuration (where each run's files go) and the CPU time each spent (cpu_s) may differ."""
     from facegan.train.checkpoint import load_checkpoint
 
     left, right = (load_checkpoint(Path(run) / "checkpoints" / "latest.pt") for run in (a, b))
     assert left.keys() == right.keys()
-    left, right = (_leaves({k: v for k, v in state.items() if k != "config"}, "", {}) for state in (left, right))
+    left, right = (_leaves({k: v for k, v in state.items() if k not in ("config", "cpu_s")}, "", {}) for state in (left, right))
     assert left.keys() == right.keys()
     different = [key for key in left if not _same(left[key], right[key])]
     assert not different, f"{len(different)} of {len(left)} values differ, e.g. {different[:3]}"

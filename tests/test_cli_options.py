@@ -25,6 +25,8 @@ TODAYS_FIELD_FLAGS = {
     "--gp-weight": "gp_weight", "--r1-gamma": "r1_gamma", "--d-norm": "d_norm", "--spectral-norm": "spectral_norm",
     "--ema-kimg": "ema_kimg", "--augment": "augment", "--flip": "flip", "--lr-schedule": "lr_schedule",
     "--lr-decay-start": "lr_decay_start", "--eval-every": "eval_every", "--eval": "evaluate",
+    # Added since (issue 18): a CPU-time budget, and a reference for --eval-every other than the training data.
+    "--max-cpu-minutes": "max_cpu_minutes", "--eval-data": "eval_data",
 }
 CLI_ONLY = {"-h", "--preset", "--resume", "--lr", "--beta1", "--beta2", "--quiet"}
 

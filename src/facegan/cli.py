@@ -177,6 +177,13 @@ examples:
   facegan evaluate runs/00003-dcgan --checkpoint all --metrics fid2k   every checkpoint, plotted over training
 """
 
+PLOT_EXAMPLES = """\
+examples:
+  facegan plot runs/00003-dcgan                          its first metric over CPU minutes, in RUN/plots/
+  facegan plot runs/00003-dcgan runs/00004-facegan --metric fid1k --x cpu-minutes --out fid.png
+  facegan plot runs/00003-dcgan --metric fid2k --x steps --out fid-steps.png
+"""
+
 FID_EXAMPLES = """\
 examples:
   facegan fid samples/ real_faces/          any two folders of images (any sizes; resized to 299 as TF did)
@@ -296,6 +303,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=_natural_int, default=0, help="seed of the latent vectors and KID subsets (default 0)")
     evaluate.set_defaults(handler=run_evaluate)
 
+    plot = commands.add_parser("plot", help="a metric over training, from runs' metrics.jsonl: one run, or several on one axes",
+                               description="Draw one metric of metrics.jsonl (what --eval-every and `facegan evaluate` "
+                                           "record) against the training process's CPU minutes, G steps, kimg or epochs.",
+                               epilog=PLOT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    plot.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run directories, one line each")
+    plot.add_argument("--metric", default=None, help="a value of metrics.jsonl, e.g. fid1k, kid2k or pr2k_recall "
+                                                     "(default: the first run's first)")
+    plot.add_argument("--x", default="cpu-minutes", choices=["cpu-minutes", "steps", "kimg", "epoch"],
+                      help="what to draw it against: %(choices)s (default cpu-minutes)")
+    plot.add_argument("--out", type=Path, default=None, help="the .png to write (default, for one run: RUN/plots/METRIC-X.png)")
+    plot.set_defaults(handler=run_plot)
+
     fid = commands.add_parser("fid", help="FID between two folders of images (or prepared datasets)",
                               epilog=FID_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     fid.add_argument("a", type=Path, help="a folder of images (searched recursively) or a prepared dataset")
@@ -348,6 +367,8 @@ def run_train(args: argparse.Namespace) -> None:
     overrides = {field.name: getattr(args, field.name) for field in _train_fields()}
     if args.data is not None:  # absolute, so a run resumes from any directory and compares equal
         overrides["data"] = str(real_path(args.data, "--data"))
+    if args.eval_data is not None:
+        overrides["eval_data"] = str(real_path(args.eval_data, "--eval-data"))
     if args.lr is not None:
         overrides["lr_g"] = overrides["lr_g"] if overrides["lr_g"] is not None else args.lr
         overrides["lr_d"] = overrides["lr_d"] if overrides["lr_d"] is not None else args.lr
@@ -473,6 +494,13 @@ def run_evaluate(args: argparse.Namespace) -> None:
                            seed=args.seed, network=args.network, batch_size=args.batch_size, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank measured; one prints
         print(format_table(records, metrics))
+
+
+def run_plot(args: argparse.Namespace) -> None:
+    """`facegan plot`."""
+    from facegan.metrics.evaluate import plot_runs
+
+    print(f"wrote {plot_runs(args.runs, metric=args.metric, x=args.x, out=args.out)}", file=sys.stderr)
 
 
 def run_fid(args: argparse.Namespace) -> None:

@@ -107,6 +107,12 @@ class TrainConfig:
     loss: str = _option("bce", "GAN loss", choices=_losses, group="recipe")
     batch_size: int = _option(128, "images per step", type="positive")
     epochs: int = _option(5, "epochs in total", type="positive")
+    # A budget of the training process's own CPU time (user + system, summed over every invocation of
+    # the run, as train/cputime.py counts it): the run stops, as a finished one, at the first epoch end
+    # that has reached it. --epochs still caps it; a resume with a larger budget continues.
+    max_cpu_minutes: float = _option(0.0, "stop at the first epoch end where the run's CPU time (user + system, "
+                                          "over all its resumes) has reached N minutes; --epochs still caps it; 0 = no limit",
+                                     metavar="N", type="float")
     lr_g: float = _option(2e-4, "learning rate of G", type="float")
     lr_d: float = _option(2e-4, "learning rate of D", type="float")
     betas: tuple[float, float] = (0.5, 0.999)  # --beta1 and --beta2
@@ -151,12 +157,16 @@ class TrainConfig:
     log_every: int = _option(10, "steps between stats.jsonl records", type="positive")
     grid_size: int = 64  # images in each per-epoch sample grid (from the fixed noise)
     # Quality tracked while training: every eval_every epochs (0 = never) the metrics in `evaluate`
-    # (e.g. fid2k,kid2k) are measured against the training data with the standard Inception
+    # (e.g. fid2k,kid2k) are measured against the training data (or eval_data) with the standard Inception
     # network, appended to metrics.jsonl, and the checkpoint best on the first one is kept as best.pt.
     eval_every: int = _option(0, "measure quality every N epochs, 0 = never; results in metrics.jsonl, "
                                  "best checkpoint kept", metavar="EPOCHS", type="natural")
     evaluate: str = _option("fid2k", "what --eval-every measures, e.g. fid2k or fid2k,kid2k,pr2k",
                             flag="--eval", metavar="METRICS")
+    # What --eval-every measures against: a prepared dataset of the run's resolution (a held-out split,
+    # so that memorising the training images does not score), or None for the training data itself.
+    eval_data: str | None = _option(None, "a prepared dataset that --eval-every measures against, such as a held-out "
+                                          "split, at the run's resolution", metavar="DIR", unset="the training data")
     histogram_batches: int = 4  # last batches of each epoch whose D probabilities are histogrammed
     # Divergence: a NaN or infinite loss or weight rolls the run back to its last good checkpoint
     # with both learning rates multiplied by rollback_lr_factor, at most max_rollbacks times per invocation.
@@ -325,6 +335,11 @@ def validate(config: TrainConfig) -> None:
         raise FaceganError(f"lr-decay-start must be a fraction in [0, 1), not {config.lr_decay_start!r}.")
     if not isinstance(config.eval_every, int) or isinstance(config.eval_every, bool) or config.eval_every < 0:
         raise FaceganError(f"eval-every must be 0 (never) or a whole number of epochs, not {config.eval_every!r}.")
+    if not (isinstance(config.max_cpu_minutes, (int, float)) and not isinstance(config.max_cpu_minutes, bool)
+            and math.isfinite(config.max_cpu_minutes) and config.max_cpu_minutes >= 0):
+        raise FaceganError(f"max-cpu-minutes must be 0 (no limit) or a positive number of minutes, not {config.max_cpu_minutes!r}.")
+    if config.eval_data is not None and (not isinstance(config.eval_data, str) or not config.eval_data):
+        raise FaceganError(f"eval-data must be the path of a prepared dataset, not {config.eval_data!r}.")
     if config.eval_every:
         from facegan.metrics.names import parse_metrics
 

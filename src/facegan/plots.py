@@ -51,6 +51,14 @@ LABELS = {
     "d_fake": "D(G(z)), generated",
 }
 X_LABELS = {"kimg": "thousands of images shown (kimg)", "epoch": "epoch", "step": "step"}
+# What a metric can be drawn against (plot_runs): the axis's name, the record key it reads, the factor
+# from that key's unit to the axis's, and the axis label.
+X_AXES = {
+    "cpu-minutes": ("cpu_s", 1 / 60, "CPU minutes of the training process (user + system, over all resumes)"),
+    "steps": ("step", 1.0, "G steps"),
+    "kimg": ("kimg", 1.0, X_LABELS["kimg"]),
+    "epoch": ("epoch", 1.0, "epoch"),
+}
 
 
 # ------------------------------------------------------------------ reading
@@ -425,6 +433,54 @@ def plot_metric(records: list[dict], key: str, path: str | os.PathLike, ylabel: 
         ax.legend(loc=corner, fontsize=9, ncols=2 if values.shape[1] > 6 else 1)
     ax.set_xlabel(x_label)
     ax.set_ylabel(ylabel if ylabel is not None else key)
+    return save_figure(figure, path)
+
+
+def metric_curve(records: Sequence[dict], key: str, x: str = "cpu-minutes") -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) of one scalar metric over training from metrics.jsonl records: those with both values, in the
+    axis's unit, each x once (a resume from an older checkpoint measures its steps again: the later value counts)."""
+    x_key, scale, _ = X_AXES[x]
+    rows = [r for r in records if isinstance(r, dict) and math.isfinite(_number(r.get(key)))
+            and math.isfinite(_number(r.get(x_key)))]
+    xs, ys = _column(rows, x_key) * scale, _column(rows, key)
+    keep = _latest_only(xs)
+    order = np.argsort(xs[keep], kind="stable")
+    return xs[keep][order], ys[keep][order]
+
+
+def plot_runs(curves: dict[str, tuple[np.ndarray, np.ndarray]], key: str, path: str | os.PathLike, x: str = "cpu-minutes",
+              steps: tuple[np.ndarray, np.ndarray] | None = None) -> Path:
+    """One metric over training for several runs on one axes (or one run), each line named, its lowest marked -> PNG.
+
+    `curves` maps a label to (x, y) from `metric_curve`. `steps`, for a single run against CPU minutes,
+    is (cpu minutes, G steps) at the same points: G steps then run along the top edge.
+    """
+    curves = {label: (cx, cy) for label, (cx, cy) in curves.items() if np.isfinite(cy).any()}
+    if not curves:
+        raise ValueError(f"no run has a finite value of {key!r} to plot")
+    figure = new_figure(CURVE_SIZE)
+    ax = figure.subplots()
+    style_axes(ax)
+    lower_is_better = not key.endswith(("_precision", "_recall"))
+    pick = np.nanargmin if lower_is_better else np.nanargmax
+    for i, (label, (cx, cy)) in enumerate(curves.items()):
+        colour = f"C{i % 10}"
+        best = int(pick(cy))
+        ax.plot(cx, cy, color=colour, linewidth=1.8, marker="o" if cx.size <= 60 else None, markersize=3.5,
+                label=f"{label}: last {cy[np.isfinite(cy)][-1]:.4g}, {'lowest' if lower_is_better else 'highest'} {cy[best]:.4g}")
+        ax.plot(cx[best], cy[best], marker="*", markersize=12, color=colour, linestyle="none", zorder=3)
+    _x_axis(ax, np.concatenate([cx for cx, _ in curves.values()]), whole=x in ("steps", "epoch"))
+    title = f"{key} over training"
+    if steps is not None and len(curves) == 1 and np.all(np.diff(steps[0]) > 0) and np.all(np.diff(steps[1]) > 0):
+        minutes, counts = steps  # both increase together, so either axis maps onto the other
+        top = ax.secondary_xaxis("top", functions=(lambda m: np.interp(m, minutes, counts),
+                                                   lambda n: np.interp(n, counts, minutes)))
+        top.tick_params(labelsize=8, labelcolor="#666666")
+        title += "  —  G steps along the top"
+    ax.set_xlabel(X_AXES[x][2])
+    ax.set_ylabel(key)
+    ax.set_title(title, fontsize=11, loc="left")
+    ax.legend(loc=_quiet_corner(ax, list(curves.values())), fontsize=9, framealpha=0.9)
     return save_figure(figure, path)
 
 

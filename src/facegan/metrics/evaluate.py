@@ -280,9 +280,10 @@ def _checkpoints(run: Path, which: str | os.PathLike | None) -> list[Path]:
 
 
 def _describe(path: Path, run_dir: Path | None) -> dict:
-    """Step, epoch and kimg of a checkpoint (kimg from the run's stats.jsonl when it has that step)."""
+    """Step, epoch, kimg and CPU seconds of a checkpoint (kimg from the run's stats.jsonl when it has that step;
+    cpu_s None for a checkpoint written before facegan counted CPU time)."""
     if path.suffix.lower() != ".pt":
-        return {"step": None, "epoch": None, "kimg": None}
+        return {"step": None, "epoch": None, "kimg": None, "cpu_s": None}
     checkpoint = load_checkpoint(path)
     step, epoch = checkpoint.get("step"), checkpoint.get("epoch")
     batch = (checkpoint.get("config") or {}).get("batch_size")
@@ -290,7 +291,7 @@ def _describe(path: Path, run_dir: Path | None) -> dict:
     stats = run_dir / "stats.jsonl" if run_dir is not None else None
     if stats is not None and stats.exists():  # counts every rank's images in multi-GPU runs; damaged lines left out
         kimg = next((r["kimg"] for r in plots.read_records(stats)[0] if r.get("step") == step and "kimg" in r), kimg)
-    return {"step": step, "epoch": epoch, "kimg": kimg}
+    return {"step": step, "epoch": epoch, "kimg": kimg, "cpu_s": checkpoint.get("cpu_s")}
 
 
 def evaluate_run(
@@ -404,6 +405,44 @@ def plot_metrics(records: list[dict], path: str | os.PathLike) -> Path | None:
     width = max(panel.shape[1] for panel in panels)
     panels = [np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0)), constant_values=255) for p in panels]
     return viz.save_png(np.concatenate(panels), path)
+
+
+def plot_runs(runs: Sequence[str | os.PathLike], metric: str | None = None, x: str = "cpu-minutes",
+              out: str | os.PathLike | None = None) -> Path:
+    """A metric of runs' metrics.jsonl over training (`facegan plot`): one line per run, and per reference where a run
+    was measured against several; by default the first run's first metric, to RUN/plots/METRIC-X.png for one run."""
+    if x not in plots.X_AXES:
+        raise FaceganError(f"--x must be one of {', '.join(plots.X_AXES)}, not {x!r}.")
+    paths = [Path(run).expanduser() for run in runs]
+    if out is None and len(paths) > 1:
+        raise FaceganError("several runs make one comparison picture: name it with --out, e.g. --out fid.png.")
+    records = {}
+    for run in paths:
+        if not (run / METRICS_FILE).is_file():
+            raise FaceganError(f"{run} has no {METRICS_FILE}; train it with --eval-every N, or run `facegan evaluate {run}`.")
+        records[run] = read_metrics(run)
+    if metric is None:
+        found = metric_keys(records[paths[0]])
+        if not found:
+            raise FaceganError(f"{paths[0] / METRICS_FILE} records no metric value to plot.")
+        metric = found[0]
+    curves, steps = {}, None
+    for run, rows in records.items():
+        references = list(dict.fromkeys(r.get("dataset") for r in rows if metric in r))
+        if not references:
+            raise FaceganError(f"{run / METRICS_FILE} has no {metric} value; it records {', '.join(metric_keys(rows)) or 'none'}.")
+        labels = [run.name if len(references) == 1 else f"{run.name} ({Path(str(reference)).name})" for reference in references]
+        for label, reference in zip(labels, references):
+            chosen = [r for r in rows if r.get("dataset") == reference]
+            curves[label] = plots.metric_curve(chosen, metric, x)
+            if len(paths) == 1 and len(references) == 1 and x == "cpu-minutes":
+                steps = plots.metric_curve(chosen, "step", x)  # G steps at the same CPU minutes, for the top edge
+        if not any(curves[label][0].size for label in labels):
+            hint = (" (runs trained before facegan counted CPU time record none); plot it with --x steps"
+                    if x == "cpu-minutes" else "")
+            raise FaceganError(f"{run / METRICS_FILE} has no {metric} value with its {plots.X_AXES[x][0]}{hint}.")
+    target = Path(out) if out is not None else paths[0] / "plots" / f"{metric}-{x}.png"
+    return plots.plot_runs(curves, metric, target, x=x, steps=steps)
 
 
 # ----------------------------------------------------------------------------- printing

@@ -174,7 +174,8 @@ def roll_back(state: TrainState, config: TrainConfig, guard: DivergenceGuard, ro
     if run_dir is not None:
         truncate_stats(run_dir / STATS, state.step)
         append_stats(run_dir / STATS, {"event": "rollback", "reason": reason, "from_step": at_step, "to_step": state.step,
-                                       "rollback": rollbacks, "lr_g": lr_g, "lr_d": lr_d})
+                                       "rollback": rollbacks, "lr_g": lr_g, "lr_d": lr_d,
+                                       "cpu_s": state.cpu.seconds()})  # not rolled back: the diverged steps' time was spent
     warnings.warn(f"training diverged ({reason} at step {at_step}); rolled back to step {state.step} "
                   f"with learning rates G {lr_g:.2e}, D {lr_d:.2e} (rollback {rollbacks} of at most {config.max_rollbacks}).",
                   FaceganWarning, stacklevel=2)

@@ -26,14 +26,20 @@ from tqdm import tqdm
 from facegan import distributed, plots, viz
 from facegan.conditions import grid_conditions
 from facegan.config import RESOLUTIONS, TrainConfig, validate
-from facegan.data import PreparedDataset
+from facegan.data import PreparedDataset, open_prepared
 from facegan.data.builtin import open_data
 from facegan.errors import FaceganError, FaceganWarning, Interrupted
 from facegan.files import reporting_disk_errors
 from facegan.generation import generate, sampler
-from facegan.metrics.evaluate import append_metrics, evaluate, read_metrics
+from facegan.metrics.evaluate import (
+    append_metrics,
+    evaluate,
+    read_metrics,
+    require_images,
+)
 from facegan.metrics.names import parse_metrics
 from facegan.runtime import out_of_memory_as_error, resolve_device
+from facegan.train import cputime
 from facegan.train.batches import BatchSource, to_model_input
 from facegan.train.checkpoint import (
     LATEST,
@@ -79,6 +85,7 @@ def train(config: TrainConfig, *, resume: Path | None = None, progress: bool = T
     """Train (or resume) a run; return its directory (None on ranks other than 0, whose `rank` and
     `world_size` default to torchrun's). One process trains a run at a time (a lock); SIGTERM and SIGINT
     stop at the next step, after writing latest.pt (Interrupted); a NaN rolls back to the last good checkpoint."""
+    cpu_started = cputime.process_cpu_seconds()  # the run's CPU time counts from here
     with contextlib.ExitStack() as held:  # the process group, the run's lock and signal handlers, released however training ends
         # Under torchrun, join the process group first: every rank then knows its rank and its device.
         if held.enter_context(distributed.process_group(resolve_device(config.device))):
@@ -92,14 +99,14 @@ def train(config: TrainConfig, *, resume: Path | None = None, progress: bool = T
         # Resume or start.
         if resume is None and distributed.restart_count():
             resume, config = _restarted_run(config, rank == 0, progress)
-        run = _resume_or_start(config, resume, rank == 0, progress, held, world_size)
+        run = _resume_or_start(config, resume, rank == 0, progress, held, world_size, cpu_started)
         state, run_dir = run.state, run.run_dir
         stop = held.enter_context(stop_on_signals())  # from here on SIGTERM and SIGINT stop at a step boundary
         guard, source = DivergenceGuard(run.device), run.source
         steps_per_epoch = source.steps_per_epoch(batch, world_size)  # the same at any world size
         total_g_steps = max(1, config.epochs * (steps_per_epoch // config.d_steps))  # the end of any lr decay
         batches, meter = None, None
-        while state.epoch < config.epochs:
+        while state.epoch < config.epochs and not run.budget_spent:
             # Fetch the next batch, in the epoch's own order from where the state stands (a new
             # epoch, a resume mid-epoch, a rollback).
             if batches is None and state.batch_in_epoch == steps_per_epoch:
@@ -161,6 +168,9 @@ def train(config: TrainConfig, *, resume: Path | None = None, progress: bool = T
             if epoch_done:
                 meter.finish(state, config, run_dir, progress)
                 batches = None
+                if run.budget_spent and run_dir is not None and progress:
+                    log.info(f"stopped after epoch {state.epoch}: the run's CPU time, {state.cpu.seconds() / 60:.1f} min, "
+                             f"has reached --max-cpu-minutes {config.max_cpu_minutes:g}; a resume with a larger one continues")
                 if progress_fn is not None:
                     progress_fn(state)
             if abort_fn is not None and abort_fn(state):
@@ -192,7 +202,9 @@ class _Run:
     run_dir: Path | None
     last_good: Path | None  # the checkpoint a divergence rolls back to; None: the run's start
     checkpoints: Path | None  # the run's checkpoint folder, known on every rank (rank 0 writes it, all read it back)
+    eval_data: PreparedDataset | None = None  # what --eval-every measures against; None: the training data
     rollbacks: int = 0  # by this invocation
+    budget_spent: bool = False  # the run's CPU time reached --max-cpu-minutes at an epoch end: it stops there
 
     def saved_latest(self) -> None:
         """latest.pt was just written (by rank 0): a divergence now rolls back to it, on every rank."""
@@ -233,7 +245,7 @@ def _resume_hint(run: _Run | None) -> str:
 
 
 def _resume_or_start(config: TrainConfig, resume: Path | None, is_main: bool, progress: bool,
-                     held: contextlib.ExitStack, world_size: int) -> _Run:
+                     held: contextlib.ExitStack, world_size: int, cpu_started: float) -> _Run:
     """The state of a resumed run (its newest intact checkpoint) or of a new one (a new run directory on rank 0)."""
     validate(config)
     device = resolve_device(config.device)
@@ -252,6 +264,7 @@ def _resume_or_start(config: TrainConfig, resume: Path | None, is_main: bool, pr
     elif config.data is not None:
         config.data = str(Path(config.data).expanduser().resolve())  # config.json must work from anywhere
     dataset = _training_data(config, progress and is_main, world_size)
+    eval_data = _eval_data(config, dataset)  # refused, like the training data, before a run directory exists
     # Labels the data lacks, or a balance it cannot draw, are refused before a run directory exists.
     source = BatchSource(dataset, device, attributes=config.condition, balance=config.balance)
     if checkpoint is not None and is_main:
@@ -270,12 +283,14 @@ def _resume_or_start(config: TrainConfig, resume: Path | None, is_main: bool, pr
                           "is re-seeded (from the seed, its rank and the step), so the run is no longer bit-identical "
                           "to one that never changed its world size.", FaceganWarning, stacklevel=3)
         _resume_learning_rates(state, config, checkpoint)
+        state.cpu = cputime.CpuClock(cputime.carried_seconds(checkpoint), cpu_started)
         fixed_noise = checkpoint["fixed_noise"].to(device)
         if not is_main:
             run_dir = None  # other ranks write nothing
         else:
             truncate_stats(run_dir / STATS, state.step)  # drop what was logged after the checkpoint
     else:
+        state.cpu = cputime.CpuClock(0.0, cpu_started)
         fixed_noise = torch.randn(config.grid_size, config.latent_dim,
                                   generator=torch.Generator().manual_seed(config.seed + 1)).to(device)
         if is_main:
@@ -286,7 +301,45 @@ def _resume_or_start(config: TrainConfig, resume: Path | None, is_main: bool, pr
     if is_main and progress:
         log.info(f"training {config.preset} on {dataset.path} ({len(dataset):,} images of {dataset.resolution}px) "
                  f"on {device} ({state.precision.name}){f' x {world_size} processes' if world_size > 1 else ''}; run directory {run_dir}")
-    return _Run(state, device, dataset, source, fixed_noise, run_dir, last_good, checkpoints)
+    budget_spent = checkpoint is not None and _spent_at_resume(run_dir, checkpoint, config, is_main)
+    return _Run(state, device, dataset, source, fixed_noise, run_dir, last_good, checkpoints, eval_data,
+                budget_spent=budget_spent)
+
+
+def _eval_data(config: TrainConfig, dataset: PreparedDataset) -> PreparedDataset | None:
+    """The prepared dataset --eval-every measures against (None: the training data), checked against the run's resolution."""
+    if config.eval_data is None:
+        return None
+    config.eval_data = str(Path(config.eval_data).expanduser().resolve())  # the checkpoint's config works from anywhere
+    reference = open_prepared(config.eval_data)
+    if reference.resolution != dataset.resolution:
+        raise FaceganError(f"--eval-data {reference.path} holds {reference.resolution}x{reference.resolution} images but the "
+                           f"run trains at {dataset.resolution}x{dataset.resolution}; give data prepared at --size "
+                           f"{dataset.resolution}, as the training data was.")
+    if config.eval_every:
+        require_images(f"--eval-data {reference.path}", len(reference), parse_metrics(config.evaluate))
+    return reference
+
+
+def _spent_at_resume(run_dir: Path | None, checkpoint: dict, config: TrainConfig, is_main: bool) -> bool:
+    """Whether a resumed run has already spent its --max-cpu-minutes (said in a warning: nothing is trained).
+
+    Only a checkpoint at an epoch's end can have spent it (the loop stops there); one taken mid-epoch
+    finishes its epoch first.
+    """
+    if not config.max_cpu_minutes:
+        return False
+    if "cpu_s" not in checkpoint and is_main:
+        warnings.warn(f"{run_dir} was checkpointed before facegan counted CPU time, so --max-cpu-minutes counts from "
+                      "this resume (the time it trained before is unknown and taken as 0).", FaceganWarning, stacklevel=3)
+    spent = cputime.carried_seconds(checkpoint)
+    if checkpoint["batch_in_epoch"] or spent < config.max_cpu_minutes * 60:
+        return False
+    if is_main:
+        warnings.warn(f"{run_dir} has already spent {spent / 60:.1f} CPU minutes, its --max-cpu-minutes "
+                      f"{config.max_cpu_minutes:g}, so there is nothing to train; give a larger --max-cpu-minutes "
+                      "to train on.", FaceganWarning, stacklevel=3)
+    return True
 
 
 def _training_data(config: TrainConfig, progress: bool, world_size: int) -> PreparedDataset:
@@ -404,7 +457,8 @@ def _record(state: TrainState, out: dict, rate: float, config: TrainConfig, worl
         record["d_fake"] = float(torch.sigmoid(out["fake_logits"]).mean())
     record.update({name: float(out[name]) for name in ("gp", "r1") if name in out})
     record.update({"lr_g": state.opt_g.param_groups[0]["lr"], "lr_d": state.opt_d.param_groups[0]["lr"],
-                   "images_per_s": rate * world_size})
+                   "images_per_s": rate * world_size,  # wall-clock speed
+                   "cpu_s": state.cpu.seconds()})  # the run's CPU time (rank 0's process), over all its resumes
     return record
 
 
@@ -421,8 +475,15 @@ def _finish_epoch(state: TrainState, config: TrainConfig, run: _Run, guard: Dive
     if run.run_dir is not None:
         checkpoint.update(epoch=state.epoch, batch_in_epoch=0)
         _end_of_epoch(run.run_dir, config, state, run.dataset, run.fixed_noise, checkpoint)
-    if config.eval_every and state.epoch % config.eval_every == 0:  # every rank measures its share of the images
-        _evaluate_epoch(run.run_dir, config, state, run.dataset, checkpoint)
+    # The budget is judged on the CPU time the epoch's checkpoint carries, so that a resume of it with the same
+    # budget agrees that nothing is left. Rank 0's decides for every rank (each counts its own process).
+    run.budget_spent = bool(distributed.broadcast(
+        bool(config.max_cpu_minutes) and checkpoint["cpu_s"] >= config.max_cpu_minutes * 60))
+    # A run stopped by its budget is always measured at its stop, due or not: its last model is the one the
+    # budget bought, and what a comparison at equal CPU time compares. (A run ending at --epochs is measured
+    # only when due, as before.) Every rank measures its share of the images.
+    if config.eval_every and (state.epoch % config.eval_every == 0 or run.budget_spent):
+        _evaluate_epoch(run.run_dir, config, state, run.eval_data or run.dataset, checkpoint)
     distributed.barrier()  # the other ranks wait (bounded) for rank 0's grid, checkpoint and metrics
     run.saved_latest()
     return None
@@ -470,7 +531,8 @@ def _plot_probabilities(real: np.ndarray, fake: np.ndarray, run_dir: Path, epoch
 
 
 def _evaluate_epoch(run_dir: Path | None, config: TrainConfig, state: TrainState, dataset: PreparedDataset, checkpoint: dict) -> None:
-    """Measure the sampling G against the training data; keep the checkpoint best on the first metric as best.pt."""
+    """Measure the sampling G against `dataset` (--eval-data, else the training data); keep the checkpoint best on the
+    first metric against that same dataset as best.pt."""
     metrics = parse_metrics(config.evaluate)
     generator = state.sampling_generator
     with out_of_memory_as_error(f"measuring {config.evaluate} after epoch {state.epoch}",
@@ -482,11 +544,14 @@ def _evaluate_epoch(run_dir: Path | None, config: TrainConfig, state: TrainState
         return
     first = metrics[0]
     primary, sign = first.value_keys()[0], (-1 if first.higher_is_better else 1)
-    history = [r for r in read_metrics(run_dir) if primary in r]  # damaged lines set aside, with a warning
+    # Only values against the same reference compare (a resume may change --eval-data); damaged lines set aside, with a warning.
+    history = [r for r in read_metrics(run_dir) if primary in r and r.get("dataset") == str(dataset.path)]
     best = min((r[primary] * sign for r in history), default=math.inf)
     kept = checkpoint_dir(run_dir) / epoch_checkpoint_name(state.epoch)
-    record = {"step": state.step, "epoch": state.epoch, "kimg": state.d_updates * config.batch_size / 1000, **values,
-              "checkpoint": str(kept if kept.exists() else checkpoint_dir(run_dir) / LATEST), "dataset": str(dataset.path)}
+    record = {"step": state.step, "epoch": state.epoch, "kimg": state.d_updates * config.batch_size / 1000,
+              "cpu_s": checkpoint["cpu_s"], **values,  # the CPU time that bought the measured checkpoint
+              "checkpoint": str(kept if kept.exists() else checkpoint_dir(run_dir) / LATEST), "dataset": str(dataset.path),
+              "reference": "eval-data" if config.eval_data is not None else "training data"}
     if values[primary] * sign < best:
         save_checkpoint(checkpoint, checkpoint_dir(run_dir) / BEST)
         record["best"] = True

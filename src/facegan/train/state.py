@@ -16,6 +16,7 @@ from facegan.conditions import LabelTable
 from facegan.config import TrainConfig
 from facegan.models import build_models
 from facegan.precision import Precision, resolve_precision
+from facegan.train.cputime import CpuClock
 from facegan.train.ema import EMA, standing_statistics
 
 FP32 = Precision("fp32", "cpu")
@@ -44,6 +45,10 @@ class TrainState:
     # A conditional run's training labels (their joint distribution), saved in every checkpoint so
     # that sampling can draw the attributes a user leaves unnamed; set from the data, never restored.
     labels: LabelTable | None = None
+    # The run's CPU time (train/cputime.py): carried in every checkpoint as "cpu_s", but never restored by a
+    # rollback (restore_state leaves it alone), since the time a diverged stretch took was spent all the same.
+    # Under torchrun each rank counts its own process; rank 0 writes the checkpoints, so its total is the run's.
+    cpu: CpuClock = field(default_factory=CpuClock)
 
     @property
     def models(self) -> tuple[nn.Module, nn.Module]:
@@ -83,6 +88,7 @@ class TrainState:
             "step": self.step,
             "d_updates": self.d_updates,
             "lr_scale": self.lr_scale,
+            "cpu_s": self.cpu.seconds(),
             "fixed_noise": fixed_noise.cpu(),
             **({"scaler": self.scaler.state_dict()} if self.scaler.is_enabled() else {}),
             **({"generator_ema": self.ema.state_dict()} if self.ema is not None else {}),
