@@ -30,7 +30,9 @@ import json
 import math
 import multiprocessing
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import optuna
@@ -40,7 +42,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recipes import metric_names, run_preset, split_dataset
+from recipes import contact_sheet, metric_names, run_preset, split_dataset
 
 from facegan.errors import FaceganError
 from facegan.files import write_atomically
@@ -138,8 +140,8 @@ def objective(trial: optuna.Trial, args: argparse.Namespace) -> float:
     try:
         row = run_preset("dcgan", args.seed, 100_000, data, held_out, args.work / f"trial-{trial.number:03d}",
                          metric_names(args.samples), settings, abort_fn=budget)
-    except FaceganError as error:  # e.g. a recipe that diverged past its rollbacks
-        trial.set_user_attr("error", str(error))
+    except Exception as error:  # e.g. a recipe that diverged past its rollbacks: the results file says why
+        trial.set_user_attr("error", str(error) if isinstance(error, FaceganError) else f"{type(error).__name__}: {error}")
         raise
     row["cpu_minutes"] = budget.spent / 60
     row["epochs"] = budget.epoch
@@ -221,6 +223,21 @@ def print_report(results: dict, best: int = 5) -> None:
         print(f"failed: {', '.join(str(t['number']) + (': ' + t['error'] if 'error' in t else '') for t in failed)}")
 
 
+def write_sheet(results: dict, best: int, out: Path) -> None:
+    """The reported trials' last grids, two rows each, labelled by trial: every trial's fixed noise is the same
+    (latent size 100, seed 0), so the rows compare recipes face for face."""
+    done = sorted((t for t in results["trials"] if t["state"] == "COMPLETE"), key=lambda t: t["value"])[:best or None]
+    with tempfile.TemporaryDirectory() as folder:
+        names = []
+        for trial in done:
+            grids = sorted((Path(trial["run_dir"]) / "samples").glob("epoch-*.png"))
+            if grids:
+                names.append(f"trial {trial['number']}")
+                shutil.copy(grids[-1], Path(folder) / f"recipes-search-{names[-1]}.png")
+        if contact_sheet(Path(folder), "search", names, out) is None:
+            raise SystemExit("none of the reported trials' run directories has a grid on this machine.")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=40, help="trials in the study in all, finished or failed (default 40)")
@@ -236,11 +253,16 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/facegan-search"), help="split, runs and feature cache")
     parser.add_argument("--report", action="store_true", help="only print the best trials of --results")
     parser.add_argument("--best", type=int, default=5, help="rows of --report (0: all)")
+    parser.add_argument("--sheet", type=Path, default=None,
+                        help="with --report: a picture of the first two rows of the reported trials' last grids (the same fixed noise)")
     args = parser.parse_args()
     if args.report:
         if args.results is None or not args.results.exists():
             raise SystemExit("--report needs --results FILE, a results file this benchmark wrote.")
-        print_report(json.loads(args.results.read_text()), args.best)
+        results = json.loads(args.results.read_text())
+        print_report(results, args.best)
+        if args.sheet is not None:
+            write_sheet(results, args.best, args.sheet)
         return
     if args.precision == "auto":
         from facegan.precision import resolve_precision

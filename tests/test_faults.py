@@ -497,6 +497,7 @@ def test_a_nan_rolls_back_to_the_last_good_checkpoint_with_lower_learning_rates(
     assert hits == [8]
     records = plots.read_stats(run / "stats.jsonl")
     events = [r for r in records if r.get("event") == "rollback"]
+    assert [r.pop("cpu_s") > 0 for r in events] == [True]  # the CPU time spent, diverged steps included
     assert events == [{"event": "rollback", "reason": "a non-finite loss", "from_step": 8, "to_step": 6, "rollback": 1,
                        "lr_g": 1e-4, "lr_d": 1e-4}]
     steps = [r["step"] for r in records if "step" in r]
