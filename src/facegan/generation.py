@@ -375,8 +375,9 @@ def _exported_config(path: Path, metadata: dict[str, str]) -> TrainConfig:
         raise FaceganError(f"{path} holds a damaged configuration (a JSON {type(values).__name__}, not an object); "
                            "export it again.")
     # Settings added since format 1 began, whose absence means what older files are: unconditional
-    # (no attribute lists) and trained in one process (no sync_bn). Every other setting must be there.
-    later = (*NAME_LISTS, "sync_bn")
+    # (no attribute lists), trained in one process (no sync_bn), with no CPU budget and measured on
+    # the training data (max_cpu_minutes, eval_data: training settings only). Every other setting must be there.
+    later = (*NAME_LISTS, "sync_bn", "max_cpu_minutes", "eval_data")
     absent = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in values and f.name not in later]
     if absent:  # never a default: a missing width or size would quietly build another generator
         raise FaceganError(f"{path} holds a configuration without {_few(absent)}; export it again.")

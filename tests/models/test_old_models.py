@@ -22,8 +22,8 @@ import pytest
 import torch
 from torch import nn
 
+from facegan.generation import load_generator
 from facegan.models import apply_spectral_norm, build_models
-from facegan.sample import load_generator
 from facegan.train.ema import EMA
 
 OLD = Path(__file__).resolve().parent / "old"
