@@ -99,7 +99,7 @@ def copy_run(base, tmp_path: Path) -> Path:
 
 
 def test_a_grid_of_ten_million_is_refused_before_anything_is_drawn(base, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(sample, "load_generator", lambda *a, **k: pytest.fail("a generator was loaded"))
+    monkeypatch.setattr(sample, "load_generator_and_labels", lambda *a, **k: pytest.fail("a generator was loaded"))
     out = tmp_path / "x.png"
     code, _, err = run_cli(["sample", base["run"], "-n", "10000000", "--out", out, "--device", "cpu", "--quiet"], capsys)
     one_sentence(code, err, f"a grid holds at most {sample.MAX_GRID_IMAGES:,} images, not 10,000,000")
