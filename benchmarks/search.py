@@ -46,29 +46,25 @@ from recipes import contact_sheet, metric_names, run_preset, split_dataset
 
 from facegan.errors import FaceganError
 from facegan.files import write_atomically
+from facegan.train.cputime import process_cpu_seconds
 
 STUDY = "recipes"
 
-# The recipes tried first, each a reason from the issue. Every other trial is Optuna's.
+# The seeds' DCGAN, unchanged: the reference every recipe has to beat (trial 0).
+SEED_RECIPE = {"model": "dcgan", "width": 64, "batch_size": 128, "loss": "bce", "spectral_norm": False, "lr_g": 2e-4,
+               "lr_d": 2e-4, "beta1": 0.5, "ema_kimg": 0.0, "augment": "", "flip": False}
+_NARROW = {**SEED_RECIPE, "width": 32, "batch_size": 32}
+# The recipes tried first, each a reason from the issue, as its change to the seeds'. Every other trial is Optuna's.
 BASELINES: list[dict] = [
-    # The seeds' DCGAN, unchanged: the reference every recipe has to beat.
-    {"model": "dcgan", "width": 64, "batch_size": 128, "loss": "bce", "spectral_norm": False, "lr_g": 2e-4,
-     "lr_d": 2e-4, "beta1": 0.5, "ema_kimg": 0.0, "augment": "", "flip": False},
-    # The same models at batch 32: about the same cost per image, so 4x the updates.
-    {"model": "dcgan", "width": 64, "batch_size": 32, "loss": "bce", "spectral_norm": False, "lr_g": 2e-4,
-     "lr_d": 2e-4, "beta1": 0.5, "ema_kimg": 0.0, "augment": "", "flip": False},
-    # Narrower models too: a quarter of the FLOPs per image.
-    {"model": "dcgan", "width": 32, "batch_size": 32, "loss": "bce", "spectral_norm": False, "lr_g": 2e-4,
-     "lr_d": 2e-4, "beta1": 0.5, "ema_kimg": 0.0, "augment": "", "flip": False},
+    SEED_RECIPE,
+    {**SEED_RECIPE, "batch_size": 32},  # about the same cost per image at batch 32, so 4x the updates
+    _NARROW,  # narrower models too: a quarter of the FLOPs per image
     # MMGeneration's DCGAN-architecture LSGAN on CelebA-64: lr 1e-3 for both.
-    {"model": "dcgan", "width": 32, "batch_size": 64, "loss": "lsgan", "spectral_norm": False, "lr_g": 1e-3,
-     "lr_d": 1e-3, "beta1": 0.5, "ema_kimg": 0.0, "augment": "", "flip": False},
+    {**_NARROW, "batch_size": 64, "loss": "lsgan", "lr_g": 1e-3, "lr_d": 1e-3},
     # Hinge loss, spectral norm in D, two timescales (D 4x G), beta1 0, an EMA, flips.
-    {"model": "dcgan", "width": 32, "batch_size": 32, "loss": "hinge", "spectral_norm": True, "lr_g": 1e-4,
-     "lr_d": 4e-4, "beta1": 0.0, "ema_kimg": 2.0, "augment": "", "flip": True},
+    {**_NARROW, "loss": "hinge", "spectral_norm": True, "lr_g": 1e-4, "lr_d": 4e-4, "beta1": 0.0, "ema_kimg": 2.0, "flip": True},
     # The plain loss at a higher rate with a short EMA and flips: more learning per update.
-    {"model": "dcgan", "width": 32, "batch_size": 32, "loss": "bce", "spectral_norm": False, "lr_g": 5e-4,
-     "lr_d": 5e-4, "beta1": 0.5, "ema_kimg": 2.0, "augment": "", "flip": True},
+    {**_NARROW, "lr_g": 5e-4, "lr_d": 5e-4, "ema_kimg": 2.0, "flip": True},
 ]
 
 
@@ -94,16 +90,16 @@ def suggest(trial: optuna.Trial) -> dict:
     }
 
 
+def recipe_of(params: dict) -> dict:
+    """A trial's recipe from its Optuna parameters: `suggest`'s keys, ResNet's width named "width" as DCGAN's is."""
+    width = params["width"] if "width" in params else params["resnet_width"]
+    return {**{k: v for k, v in params.items() if k != "resnet_width"}, "width": width}
+
+
 def overrides(recipe: dict) -> dict:
     """TrainConfig settings of a recipe, over the dcgan preset (whose other defaults it keeps)."""
     settings = {k: v for k, v in recipe.items() if k not in ("width", "beta1")}
     return {**settings, "g_width": recipe["width"], "d_width": recipe["width"], "betas": (recipe["beta1"], 0.999)}
-
-
-def cpu_seconds() -> float:
-    """This process's CPU time so far, user plus system, every thread (children not included)."""
-    times = os.times()
-    return times.user + times.system
 
 
 class CpuBudget:
@@ -114,7 +110,7 @@ class CpuBudget:
     is cut there (the run is measured at its last epoch end); the first epoch always finishes.
     """
 
-    def __init__(self, seconds: float, clock=cpu_seconds) -> None:
+    def __init__(self, seconds: float, clock=process_cpu_seconds) -> None:
         self.seconds, self.clock = seconds, clock
         self.start = self.last_epoch_end = clock()
         self.epoch = 0
@@ -164,7 +160,7 @@ def prepare_sitting(study: optuna.Study) -> None:
     """Before any worker starts: trials a stopped sitting left running failed; try their recipes again, and enqueue
     every baseline not tried yet. One sitting at a time, so nothing else is running."""
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        study.tell(trial.number, state=TrialState.FAIL)
         recipe = trial.params or trial.system_attrs.get("fixed_params")  # killed before it drew: what was enqueued
         if recipe:
             study.enqueue_trial(recipe, skip_if_exists=False)
@@ -208,7 +204,7 @@ def print_report(results: dict, best: int = 5) -> None:
     print(header)
     print("-" * len(header))
     for t in done[:best] if best else done:
-        p = t["params"]
+        p = recipe_of(t["params"])
         print(f"{t['number']:>5} {p['model']:<7}{p['width']:>6}{p['batch_size']:>6} {p['loss']:<6}"
               f"{'yes' if p['spectral_norm'] else 'no':>4}{p['lr_g']:>9.1e}{p['lr_d']:>9.1e}{p['beta1']:>5.1f}"
               f"{p['ema_kimg']:>6g} {p['augment'] or '-':<24}{'yes' if p['flip'] else 'no':>5}{t['steps']:>7}"

@@ -148,8 +148,7 @@ def test_the_fast_preset_is_the_searchs_best_finished_recipe_and_makes_64px_face
     """The preset is what the committed search measured best, nothing tuned beside it, and still 64x64 from scratch."""
     results = json.loads((ROOT / "benchmarks" / "results" / "search-celeba-89.json").read_text())
     best = min((t for t in results["trials"] if t["state"] == "COMPLETE"), key=lambda t: t["value"])
-    params = {**best["params"], "width": best["params"].get("width", best["params"].get("resnet_width"))}
-    recipe = {key: params[key] for key in search.BASELINES[0]}
+    recipe = search.recipe_of(best["params"])
     measured = from_preset("dcgan", data=str(tmp_path), **search.overrides(recipe))
     fast = from_preset("fast", data=str(tmp_path))
     assert dataclasses.replace(measured, preset="fast", spectral_norm=fast.spectral_norm) == fast
@@ -160,3 +159,9 @@ def test_the_fast_preset_is_the_searchs_best_finished_recipe_and_makes_64px_face
     state = build_state(fast, 64, torch.device("cpu"))
     with torch.no_grad():
         assert state.generator.eval()(torch.randn(2, fast.latent_dim)).shape == (2, 3, 64, 64)
+
+
+def test_a_resnet_trials_recipe_names_its_width_as_dcgans_do(search):
+    assert search.recipe_of({"model": "resnet", "resnet_width": 16, "batch_size": 64}) == {
+        "model": "resnet", "width": 16, "batch_size": 64}
+    assert search.recipe_of(search.BASELINES[2]) == search.BASELINES[2]
