@@ -58,7 +58,7 @@ from facegan.data import PreparedDataset, open_prepared
 from facegan.data.prepare import prepare
 from facegan.data.prepared import write_subset
 from facegan.files import write_atomically
-from facegan.generation import load_generator, sampler
+from facegan.generation import load_generator_and_labels, sampler
 from facegan.metrics.evaluate import evaluate
 from facegan.plots import read_stats
 from facegan.precision import resolve_precision
@@ -82,7 +82,9 @@ def split_dataset(name: str, work: Path, held_out: int) -> tuple[Path, Path]:
     if name == "synthetic":
         full = open_prepared(prepare("synthetic", work / name / "full", count=8_192 + held_out, progress=False))
     elif name == "celeba-89":
-        full = open_prepared(prepare(str(SHARED / "celeba-89"), work / name / "full", progress=False))
+        # with CelebA's attributes (the official file names these ids), so conditional runs can use the split too
+        full = open_prepared(prepare(str(SHARED / "celeba-89"), work / name / "full", progress=False,
+                                     labels=SHARED / "celeba" / "list_attr_celeba.txt"))
     else:
         raise SystemExit(f"unknown dataset {name!r}")
     return split_prepared(full, train_dir, test_dir, held_out)
@@ -137,16 +139,22 @@ def run_preset(preset: str, seed: int, epochs: int, data: Path, held_out: Path, 
     """Train one preset for its planned epochs (or until `abort_fn`, as train() takes it, says stop) and measure
     its sampling generator, from its newest checkpoint, against the held-out set."""
     config = preset_config(preset, data, work, settings, seed=seed, epochs=epochs)
+    return {"preset": preset, "seed": seed, "epochs": epochs, **run_config(config, held_out, metrics, abort_fn)}
+
+
+def run_config(config: TrainConfig, held_out: Path, metrics: list[str], abort_fn=None) -> dict:
+    """Train one configuration and measure its sampling generator (a conditional one with conditions drawn from its
+    training labels), from its newest checkpoint, against the held-out set."""
     started = time.perf_counter()
     run_dir = train(config, progress=False, abort_fn=abort_fn)
     seconds = time.perf_counter() - started
     stats = read_stats(run_dir / "stats.jsonl")
     losses = [r[k] for r in stats for k in ("loss_d", "loss_g") if k in r]
     device = resolve_device(config.device)
-    generator, saved = load_generator(run_dir, device)
-    values = evaluate(sampler(generator, saved.latent_dim), held_out, metrics, device=device, seed=seed)
-    return {"preset": preset, "seed": seed, "epochs": epochs, "steps": newest_good_checkpoint(run_dir)[1]["step"],
-            "minutes": seconds / 60, "nan": not all(math.isfinite(v) for v in losses),
+    generator, saved, labels = load_generator_and_labels(run_dir, device)
+    values = evaluate(sampler(generator, saved.latent_dim, labels=labels), held_out, metrics, device=device, seed=config.seed)
+    return {"steps": newest_good_checkpoint(run_dir)[1]["step"], "minutes": seconds / 60,
+            "nan": not all(math.isfinite(v) for v in losses),
             "rollbacks": sum(1 for r in stats if r.get("event") == "rollback"), "run_dir": str(run_dir), **values}
 
 

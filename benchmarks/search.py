@@ -42,13 +42,21 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recipes import contact_sheet, metric_names, run_preset, split_dataset
+from recipes import (
+    contact_sheet,
+    metric_names,
+    preset_config,
+    run_config,
+    split_dataset,
+)
 
+from facegan.config import TrainConfig
 from facegan.errors import FaceganError
 from facegan.files import write_atomically
 from facegan.train.cputime import process_cpu_seconds
 
 STUDY = "recipes"
+UNTIL_BUDGET = 100_000  # epochs: the CPU budget, not the epoch count, ends a trial
 
 # The seeds' DCGAN, unchanged: the reference every recipe has to beat (trial 0).
 SEED_RECIPE = {"model": "dcgan", "width": 64, "batch_size": 128, "loss": "bce", "spectral_norm": False, "lr_g": 2e-4,
@@ -127,25 +135,35 @@ class CpuBudget:
         return self.epoch > 0 and self.spent >= 1.5 * self.seconds
 
 
+def protocol(args: argparse.Namespace) -> dict:
+    """The settings every trial shares besides its recipe: CPU, uncompiled, no epoch checkpoints kept."""
+    return {"precision": args.precision, "device": "cpu", "compile": "off", "checkpoint_every_epochs": 0, "log_every": 50}
+
+
+def recipe_config(recipe: dict, data: Path, work: Path, seed: int, shared: dict) -> TrainConfig:
+    """A searched recipe's training configuration: its changes over the dcgan preset, for as long as the budget lasts."""
+    return preset_config("dcgan", data, work, {**overrides(recipe), **shared}, seed=seed, epochs=UNTIL_BUDGET)
+
+
+def budgeted_run(config: TrainConfig, held_out: Path, samples: int, cpu_minutes: float) -> dict:
+    """Train `config` for `cpu_minutes` of this process's CPU time and measure it: the row of a trial."""
+    budget = CpuBudget(cpu_minutes * 60)
+    row = run_config(config, held_out, metric_names(samples), abort_fn=budget)
+    return {**row, "cpu_minutes": budget.spent / 60, "epochs": budget.epoch,
+            "images_per_cpu_s": row["steps"] * config.batch_size / max(budget.spent, 1e-9), "threads": torch.get_num_threads()}
+
+
 def objective(trial: optuna.Trial, args: argparse.Namespace) -> float:
     recipe = suggest(trial)
     data, held_out = split_dataset("celeba-89", args.work, args.samples)
-    budget = CpuBudget(args.cpu_minutes * 60)
-    settings = {**overrides(recipe), "precision": args.precision, "device": "cpu", "compile": "off",
-                "checkpoint_every_epochs": 0, "log_every": 50}
+    config = recipe_config(recipe, data, args.work / f"trial-{trial.number:03d}", args.seed, protocol(args))
     try:
-        row = run_preset("dcgan", args.seed, 100_000, data, held_out, args.work / f"trial-{trial.number:03d}",
-                         metric_names(args.samples), settings, abort_fn=budget)
+        row = budgeted_run(config, held_out, args.samples, args.cpu_minutes)
     except Exception as error:  # e.g. a recipe that diverged past its rollbacks: the results file says why
         trial.set_user_attr("error", str(error) if isinstance(error, FaceganError) else f"{type(error).__name__}: {error}")
         raise
-    row["cpu_minutes"] = budget.spent / 60
-    row["epochs"] = budget.epoch
-    row["images_per_cpu_s"] = row["steps"] * recipe["batch_size"] / max(budget.spent, 1e-9)
-    row["threads"] = torch.get_num_threads()
     for key, value in row.items():
-        if key not in ("preset", "seed"):
-            trial.set_user_attr(key, value)
+        trial.set_user_attr(key, value)
     fid = row[metric_names(args.samples)[0]]
     return fid if math.isfinite(fid) else float("inf")
 

@@ -105,6 +105,21 @@ def test_balance_refuses_an_empty_combination_and_warns_of_a_small_one(data32):
         balance_weights(dataset, [empty, "Male"])
 
 
+def test_balance_warns_of_a_group_of_any_size_drawn_many_times_an_epoch(data32, monkeypatch):
+    from facegan.train import batches
+
+    monkeypatch.setattr(batches, "FEW_IMAGES", 5)  # the 6 faces with glasses are not "few" now
+    monkeypatch.setattr(batches, "MANY_REPEATS", 8)
+    with pytest.warns(FaceganWarning, match=r"^6 images have Eyeglasses=1; balanced, each is drawn about 8 times an epoch, "
+                      "so G may lose variety") as seen:
+        balance_weights(open_prepared(data32), ["Eyeglasses"])
+    assert len(seen) == 1
+    monkeypatch.setattr(batches, "MANY_REPEATS", 9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FaceganWarning)
+        balance_weights(open_prepared(data32), ["Eyeglasses"])  # drawn 8 times: below both rules, no warning
+
+
 def test_batches_carry_the_labels(data32):
     source = BatchSource(open_prepared(data32), torch.device("cpu"), attributes=NAMES)
     images, labels = next(source.epoch(16, seed=0, epoch=0))
