@@ -6,7 +6,7 @@
       --recipe fast-smiling-male=fast --set fast-smiling-male.condition=Smiling,Male --set fast-smiling-male.seeds=1 \
       --recipe fast --recipe dcgan --recipe facegan --set facegan.epochs=7 \
       --reuse benchmarks/results/search-celeba-89.json --results benchmarks/results/confirm-celeba-89.json
-    python benchmarks/confirm.py --report --results benchmarks/results/confirm-celeba-89.json
+    python benchmarks/confirm.py --report --results benchmarks/results/confirm-celeba-89.json --sheet confirm.png
 
 Every run follows benchmarks/search.py's protocol exactly: the 7,000/1,000 split of celeba-89, one
 thread, a budget of the training process's own CPU time (it stops at the epoch end nearest it), and
@@ -36,13 +36,14 @@ import os
 import shutil
 import statistics
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from long_runs import Recipe, check, parse_recipes
-from recipes import metric_names, split_dataset
+from recipes import contact_sheet, metric_names, split_dataset
 from search import UNTIL_BUDGET, budgeted_run, protocol, recipe_config, recipe_of
 
 from facegan.config import TrainConfig
@@ -190,6 +191,22 @@ def print_report(results: dict) -> dict[str, dict]:
     return summary
 
 
+def write_sheet(results: dict, seed: int, out: Path) -> None:
+    """The unconditional recipes' last grids at one seed, two rows each, labelled: at one seed every run's fixed
+    noise is the same (latent size 100), so the rows compare recipes face for face at equal budget."""
+    with tempfile.TemporaryDirectory() as folder:
+        names = []
+        for row in results["rows"]:
+            if row["seed"] != seed or "error" in row or row["settings"].get("condition"):
+                continue  # a conditional grid has a row per condition: it is shown on its own
+            grids = sorted((Path(row["run_dir"]) / "samples").glob("epoch-*.png"))
+            if grids:
+                names.append(row["name"])
+                shutil.copy(grids[-1], Path(folder) / f"recipes-confirm-{row['name']}.png")
+        if contact_sheet(Path(folder), "confirm", names, out) is None:
+            raise SystemExit(f"no unconditional run of seed {seed} has a grid on this machine.")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", action="append", default=None, metavar="NAME=PRESET",
@@ -206,11 +223,17 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=None, help="JSON of every run, rewritten after each")
     parser.add_argument("--work", type=Path, default=Path("/tmp/facegan-confirm"), help="split, runs and feature cache")
     parser.add_argument("--report", action="store_true", help="only print the table of --results")
+    parser.add_argument("--sheet", type=Path, default=None,
+                        help="with --report: a picture of the first two rows of each recipe's last grid at --sheet-seed")
+    parser.add_argument("--sheet-seed", type=int, default=0, help="the seed whose grids --sheet shows (default 0)")
     args = parser.parse_args()
     if args.report:
         if args.results is None or not args.results.exists():
             raise SystemExit("--report needs --results FILE, a results file this benchmark wrote.")
-        print_report(json.loads(args.results.read_text()))
+        results = json.loads(args.results.read_text())
+        print_report(results)
+        if args.sheet is not None:
+            write_sheet(results, args.sheet_seed, args.sheet)
         return
     sets, own_seeds = seeds_of(args.set, args.seeds)
     recipes = parse_recipes(args.recipe or ["dcgan", "facegan", "fast"], sets)

@@ -115,3 +115,22 @@ def test_a_run_is_made_from_scratch_and_an_error_is_its_row(confirm, tmp_path, m
 
     monkeypatch.setattr(confirm, "budgeted_run", diverges)
     assert confirm.one_run((recipe, 0, args))["error"] == "the run diverged 3 times."
+
+
+def test_the_sheet_shows_each_unconditional_recipe_s_grid_at_one_seed(confirm, tmp_path):
+    from PIL import Image
+
+    rows = []
+    for name, seed, colour, settings in (("dcgan", 0, "red", {}), ("fast", 0, "blue", {}), ("fast", 1, "green", {}),
+                                         ("cond", 0, "black", {"condition": "Smiling"})):
+        samples = tmp_path / f"{name}{seed}" / "samples"
+        samples.mkdir(parents=True)
+        Image.new("RGB", (8 * 10 + 2, 8 * 10 + 2), colour).save(samples / "epoch-0003.png")
+        rows.append({**row(name, seed, 100.0), "settings": settings, "run_dir": str(samples.parent)})
+    out = tmp_path / "sheet.png"
+    confirm.write_sheet({"rows": rows}, 0, out)
+    sheet = Image.open(out).convert("RGB")
+    assert sheet.height == 2 * (2 * 10 + 2)  # two recipes of seed 0, two rows of each; not the conditional one
+    assert sheet.getpixel((100, 5)) == (255, 0, 0) and sheet.getpixel((100, 30)) == (0, 0, 255)
+    with pytest.raises(SystemExit, match="no unconditional run of seed 2"):
+        confirm.write_sheet({"rows": rows}, 2, out)
