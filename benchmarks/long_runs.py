@@ -24,7 +24,8 @@ second half never starts at 10,000 epochs): give a recipe its own epochs (--set 
 make it decay within the budget.
 
 Resumable: WORK/long-runs.json (--results) records each recipe's preset, settings, run directory
-(under WORK/runs/NAME) and state, rewritten at every change. Run the same command again and each
+(under WORK/runs/NAME) and state, rewritten at every change, and what each run measured (its table row
+and curve) at the end of a sitting and at every --report, so a results file outlives its run folders. Run the same command again and each
 unfinished run continues with `facegan train --resume` from its newest checkpoint; finished runs are
 skipped, unless --hours is now larger, when they train on to the new budget. Ctrl-C or SIGTERM stops
 the runs at their next step, each saving a checkpoint to continue from.
@@ -264,8 +265,8 @@ def summary(entry: dict, settings: dict) -> dict:
            "images_per_cpu_s": None, "first": None, "best": None, "last": None, "curve": ([], [])}
     run = Path(entry["run_dir"]) if entry.get("run_dir") else None
     found = newest_good_checkpoint(run) if run is not None and (run / "checkpoints").is_dir() else None
-    if found is None:
-        return row
+    if found is None:  # the run's folder is gone (a /tmp cleared between sittings): what was recorded of it
+        return {**row, **entry.get("measured", {}), "state": row["state"]}
     checkpoint = found[1]
     cpu_s = checkpoint.get("cpu_s") or None
     row.update(cpu_minutes=cpu_s / 60 if cpu_s else None, steps=checkpoint["step"],
@@ -305,6 +306,13 @@ def print_table(results: dict, names: list[str]) -> dict[str, dict]:
               f"{cell(row['images_per_cpu_s'], 10, ',.1f')}{cell(row['first'], 14, '.2f')}{cell(row['best'], 14, '.2f')}"
               f"{cell(row['last'], 14, '.2f')}")
     return rows
+
+
+def record(results: dict, rows: dict[str, dict]) -> None:
+    """Keep each run's summary in the results file, so its table and plot outlive the run's folder."""
+    for name, row in rows.items():
+        if row["steps"] is not None:
+            results["runs"][name]["measured"] = {k: v for k, v in row.items() if k != "state"}
 
 
 def plot(rows: dict[str, dict], key: str, out: Path) -> Path | None:
@@ -358,6 +366,8 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"--report needs {path}, a results file this benchmark wrote.")
         results = json.loads(path.read_text())
         rows = print_table(results, list(results["runs"]))
+        record(results, rows)
+        save(path, results)
         drawn = plot(rows, results["settings"]["evaluate"].split(",")[0], out)
         print(f"\n{'wrote ' + str(drawn) if drawn else 'nothing measured yet, so no plot'}")
         return
@@ -377,6 +387,8 @@ def main(argv: list[str] | None = None) -> None:
     minutes = args.hours * 60
     run_all(recipes, results, path, minutes, work, args.jobs or len(recipes), args.threads)
     rows = print_table(results, [r.name for r in recipes])
+    record(results, rows)
+    save(path, results)
     drawn = plot(rows, key, out)
     print(f"\n{'wrote ' + str(drawn) if drawn else 'nothing measured yet, so no plot'}; results in {path}")
 

@@ -133,3 +133,11 @@ def test_a_tiny_sitting_trains_measures_prints_and_a_second_skips(long_runs, tmp
     assert "tiny: finished, skipped" in printed.err
     assert json.loads((work / "long-runs.json").read_text())["runs"]["tiny"]["sittings"] == 1
     assert load_checkpoint(latest)["step"] == checkpoint["step"]
+    # The results file keeps what was measured: with the run's folder gone, --report prints the same row.
+    import shutil
+
+    shutil.rmtree(work / "runs")
+    long_runs.main(["--work", str(work), "--report"])
+    again = capsys.readouterr().out.splitlines()
+    assert next(line for line in again if line.startswith("tiny")).split() == row
+    assert (work / "long-runs-fid8.png").is_file()
