@@ -36,14 +36,13 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from long_runs import Recipe, check, parse_recipes
-from recipes import contact_sheet, metric_names, split_dataset
+from recipes import last_grids_sheet, metric_names, split_dataset
 from search import UNTIL_BUDGET, budgeted_run, protocol, recipe_config, recipe_of
 
 from facegan.config import TrainConfig
@@ -194,17 +193,11 @@ def print_report(results: dict) -> dict[str, dict]:
 def write_sheet(results: dict, seed: int, out: Path) -> None:
     """The unconditional recipes' last grids at one seed, two rows each, labelled: at one seed every run's fixed
     noise is the same (latent size 100), so the rows compare recipes face for face at equal budget."""
-    with tempfile.TemporaryDirectory() as folder:
-        names = []
-        for row in results["rows"]:
-            if row["seed"] != seed or "error" in row or row["settings"].get("condition"):
-                continue  # a conditional grid has a row per condition: it is shown on its own
-            grids = sorted((Path(row["run_dir"]) / "samples").glob("epoch-*.png"))
-            if grids:
-                names.append(row["name"])
-                shutil.copy(grids[-1], Path(folder) / f"recipes-confirm-{row['name']}.png")
-        if contact_sheet(Path(folder), "confirm", names, out) is None:
-            raise SystemExit(f"no unconditional run of seed {seed} has a grid on this machine.")
+    # A conditional grid has a row per condition: it is shown on its own.
+    runs = {row["name"]: Path(row["run_dir"]) for row in results["rows"]
+            if row["seed"] == seed and "error" not in row and not row["settings"].get("condition")}
+    if last_grids_sheet(runs, out) is None:
+        raise SystemExit(f"no unconditional run of seed {seed} has a grid on this machine.")
 
 
 def main() -> None:

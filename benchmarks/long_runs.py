@@ -7,8 +7,8 @@
         --recipe best=fast --set best.augment=color,translation --set best.ema_kimg=10
     # one at a time on both cores instead
     python benchmarks/long_runs.py --work /tmp/facegan-long --jobs 1 --threads 2
-    # what has run so far: the table and the plot, training nothing
-    python benchmarks/long_runs.py --work /tmp/facegan-long --report
+    # what has run so far: the table and the plot, training nothing (and the runs' last grids, side by side)
+    python benchmarks/long_runs.py --work /tmp/facegan-long --report --sheet /tmp/facegan-long/grids.png
 
 Each recipe is one `facegan train` process (`python -m facegan train`, torch's threads set by
 OMP_NUM_THREADS) on the 7,000 training images of the celeba-89 split (benchmarks/recipes.py's
@@ -351,6 +351,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", type=Path, default=None, help="the results file (default WORK/long-runs.json)")
     parser.add_argument("--plot", type=Path, default=None, help="the plot (default WORK/long-runs-METRIC.png)")
     parser.add_argument("--report", action="store_true", help="only print the table and draw the plot of --results")
+    parser.add_argument("--sheet", type=Path, default=None,
+                        help="with --report: a picture of the first two rows of each run's last grid (the same fixed noise)")
     args = parser.parse_args(argv)
     if (args.data is None) != (args.eval_data is None):
         parser.error("--data and --eval-data go together: a training set and its held-out set.")
@@ -370,6 +372,14 @@ def main(argv: list[str] | None = None) -> None:
         save(path, results)
         drawn = plot(rows, results["settings"]["evaluate"].split(",")[0], out)
         print(f"\n{'wrote ' + str(drawn) if drawn else 'nothing measured yet, so no plot'}")
+        if args.sheet is not None:
+            sys.path.insert(0, str(HERE))
+            from recipes import last_grids_sheet
+
+            runs = {name: Path(entry["run_dir"]) for name, entry in results["runs"].items() if entry.get("run_dir")}
+            if last_grids_sheet(runs, args.sheet) is None:
+                raise SystemExit("no run of --results has a grid on this machine, so no --sheet.")
+            print(f"wrote {args.sheet}")
         return
     recipes = parse_recipes(args.recipe or ["dcgan", "facegan"], args.set)
     if args.data is not None:

@@ -213,6 +213,20 @@ def contact_sheet(grids: Path, dataset: str, presets: list[str], out: Path) -> P
     return out
 
 
+def last_grids_sheet(runs: dict[str, Path], out: Path) -> Path | None:
+    """contact_sheet of each named run's last fixed-noise grid (RUN/samples/epoch-*.png), labelled with its name;
+    None when no run has a grid on this machine. Runs of one seed and latent size share their fixed noise, so the
+    rows compare recipes face for face."""
+    with tempfile.TemporaryDirectory() as folder:
+        names = []
+        for name, run in runs.items():
+            grids = sorted((run / "samples").glob("epoch-*.png"))
+            if grids:
+                names.append(name)
+                shutil.copy(grids[-1], Path(folder) / f"recipes-runs-{name}.png")
+        return contact_sheet(Path(folder), "runs", names, out)
+
+
 def load_results(path: Path | None, results: dict | None, settings: dict) -> dict:
     """The results read from `path` to continue, or new ones; refuses those made with other settings."""
     if results is None:

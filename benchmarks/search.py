@@ -30,9 +30,7 @@ import json
 import math
 import multiprocessing
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import optuna
@@ -43,7 +41,7 @@ from optuna.trial import TrialState
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recipes import (
-    contact_sheet,
+    last_grids_sheet,
     metric_names,
     preset_config,
     run_config,
@@ -241,15 +239,8 @@ def write_sheet(results: dict, best: int, out: Path) -> None:
     """The reported trials' last grids, two rows each, labelled by trial: every trial's fixed noise is the same
     (latent size 100, seed 0), so the rows compare recipes face for face."""
     done = sorted((t for t in results["trials"] if t["state"] == "COMPLETE"), key=lambda t: t["value"])[:best or None]
-    with tempfile.TemporaryDirectory() as folder:
-        names = []
-        for trial in done:
-            grids = sorted((Path(trial["run_dir"]) / "samples").glob("epoch-*.png"))
-            if grids:
-                names.append(f"trial {trial['number']}")
-                shutil.copy(grids[-1], Path(folder) / f"recipes-search-{names[-1]}.png")
-        if contact_sheet(Path(folder), "search", names, out) is None:
-            raise SystemExit("none of the reported trials' run directories has a grid on this machine.")
+    if last_grids_sheet({f"trial {t['number']}": Path(t["run_dir"]) for t in done}, out) is None:
+        raise SystemExit("none of the reported trials' run directories has a grid on this machine.")
 
 
 def main() -> None:

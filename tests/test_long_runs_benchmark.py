@@ -133,6 +133,12 @@ def test_a_tiny_sitting_trains_measures_prints_and_a_second_skips(long_runs, tmp
     assert "tiny: finished, skipped" in printed.err
     assert json.loads((work / "long-runs.json").read_text())["runs"]["tiny"]["sittings"] == 1
     assert load_checkpoint(latest)["step"] == checkpoint["step"]
+    sheet = tmp_path / "sheet.png"
+    long_runs.main(["--work", str(work), "--report", "--sheet", str(sheet)])
+    from PIL import Image
+
+    assert Image.open(sheet).width > Image.open(max((run / "samples").glob("epoch-*.png"))).width  # label + grid
+    capsys.readouterr()
     # The results file keeps what was measured: with the run's folder gone, --report prints the same row.
     import shutil
 
@@ -141,3 +147,5 @@ def test_a_tiny_sitting_trains_measures_prints_and_a_second_skips(long_runs, tmp
     again = capsys.readouterr().out.splitlines()
     assert next(line for line in again if line.startswith("tiny")).split() == row
     assert (work / "long-runs-fid8.png").is_file()
+    with pytest.raises(SystemExit, match="no run of --results has a grid"):
+        long_runs.main(["--work", str(work), "--report", "--sheet", str(sheet)])
