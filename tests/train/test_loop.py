@@ -192,3 +192,38 @@ def test_a_restarted_torchrun_job_finds_the_newest_run_it_started(tmp_path):
             (tmp_path / name / JOB).write_text(f"{job}\n")
     assert job_run_dir(tmp_path, "J") == tmp_path / "00002-dcgan"  # not another job's, nor one torchrun did not start
     assert job_run_dir(tmp_path, "L") is None
+
+
+class _FailingBackward(torch.autograd.Function):
+    """What a miscompiled kernel does: the forward pass runs, the backward pass raises (as torch 2.11's inductor did)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise AssertionError("expected size 512==512, stride 16==1 at dim=1\nError in op: convolution_backward")
+
+
+class _MiscompiledG(torch.nn.Module):
+    def __init__(self, generator: torch.nn.Module):
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, z, labels=None):
+        return _FailingBackward.apply(self.generator(z, labels))
+
+
+def test_a_compile_that_fails_at_the_first_step_trains_on_exactly_as_without_it(tmp_path, data32, monkeypatch):
+    # It fails in G's update, after D's has stepped: that D step is undone too, so the run is the eager run, bit for bit.
+    from facegan.errors import FaceganWarning
+    from facegan.train import state as state_module
+
+    monkeypatch.setattr(state_module, "compile_models",
+                        lambda g, d, mode, device: (_MiscompiledG(g), d) if mode == "on" else None)
+    with pytest.warns(FaceganWarning, match=r"torch.compile failed .* at the first step \(AssertionError: expected size "
+                                            r"512==512, stride 16==1 at dim=1\), so the run trains without it"):
+        compiled = train(tiny(tmp_path / "compiled", data32, epochs=2, compile="on"), progress=False)
+    eager = train(tiny(tmp_path / "eager", data32, epochs=2), progress=False)
+    assert_identical(compiled, eager)

@@ -68,7 +68,7 @@ from facegan.train.rundir import (
 )
 from facegan.train.schedule import lr_factor, set_lr
 from facegan.train.state import TrainState, build_state, restore_state
-from facegan.train.step import update_discriminator, update_generator
+from facegan.train.step import first_compiled_step, train_step
 
 BEST = "best.pt"  # the checkpoint best on the first --eval metric
 log = logging.getLogger(__name__)
@@ -106,6 +106,8 @@ def train(config: TrainConfig, *, resume: Path | None = None, progress: bool = T
         steps_per_epoch = source.steps_per_epoch(batch, world_size)  # the same at any world size
         total_g_steps = max(1, config.epochs * (steps_per_epoch // config.d_steps))  # the end of any lr decay
         batches, meter = None, None
+        # Under torchrun every rank would have to agree on a fallback to eager: there a compile error ends the run.
+        unproven_compile = state.compiled is not None and state.parallel is None
         while state.epoch < config.epochs and not run.budget_spent:
             # Fetch the next batch, in the epoch's own order from where the state stands (a new
             # epoch, a resume mid-epoch, a rollback).
@@ -122,17 +124,12 @@ def train(config: TrainConfig, *, resume: Path | None = None, progress: bool = T
             # Every batch updates D; every d_steps-th batch of an epoch also updates G. Logging and
             # step checkpoints count G updates, so they happen on those batches.
             update_g = (state.batch_in_epoch + 1) % config.d_steps == 0
-            reuse = update_g and config.d_steps == 1  # DCGAN's reuse of D's fakes for G's update
             if update_g:
                 set_learning_rates(state, config, total_g_steps)
-
-            # Update D.
-            out, fakes = update_discriminator(state, to_model_input(images), labels, config, keep_fakes=reuse)
-
-            # Update G.
-            if update_g:
-                out |= update_generator(state, fakes if reuse else None, labels, config, len(images))
-            state.scaler.update()
+            # Update D, then G when due. Compiled models build their kernels on the first step, checked there.
+            step = first_compiled_step if unproven_compile else train_step
+            out = step(state, to_model_input(images), config, update_g, labels)
+            unproven_compile = False
             state.batch_in_epoch += 1
 
             # Maintenance: log, check, save, stop.
