@@ -74,7 +74,8 @@ def test_the_condition_changes_the_output(family):
     logits = D(x, on_off)
     assert (logits[0] - logits[1]).abs() > 1e-6  # the projection term
     with torch.no_grad():
-        assert torch.equal(D(x, on_off)[0], D(x[:1], on_off[:1])[0])
+        # one sample's logit does not depend on the others' (up to the rounding of kernels chosen by batch size)
+        torch.testing.assert_close(D(x, on_off)[0], D(x[:1], on_off[:1])[0], rtol=1e-5, atol=1e-6)
 
 
 def test_presence_has_a_vector_for_present_and_one_for_absent():

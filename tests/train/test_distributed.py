@@ -287,8 +287,9 @@ def test_resume_from_one_to_two_then_sigterm_restart_and_kill_9(tmp_path, two_to
     assert _mtime(latest) != written_by_one
 
     # Attempt 1 resumed it: its first epoch-end checkpoint comes, and every step is logged once from the run's start.
+    # A stop at an epoch's last step is closed by the resume first, rewriting the same step: wait for a later one.
     before = _mtime(latest)
-    _wait_for(_saved_after(latest, before), launcher)
+    _wait_for(lambda: _saved_after(latest, before)() and _latest(run)["step"] > step, launcher)
     killed = _kill(launcher, rank=0, attempt=1)
     launcher.communicate(timeout=90)
     assert launcher.returncode != 0 and time.monotonic() - killed < 60  # no restarts left: the job ends, failed

@@ -108,9 +108,9 @@ def train_step(state: TrainState, reals: torch.Tensor, config: TrainConfig, upda
     return out
 
 
-def first_compiled_step(state: TrainState, reals: torch.Tensor, config: TrainConfig, update_g: bool = True,
-                        labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """train_step for compiled models' first step, where torch.compile builds their kernels.
+def eager_if_compile_fails(step: Callable[[], dict[str, torch.Tensor]], state: TrainState,
+                           config: TrainConfig) -> dict[str, torch.Tensor]:
+    """`step()`, compiled models' first training step, where torch.compile builds their kernels.
 
     Where that fails, the step is undone and trained again without compiling, with a warning, rather
     than the run ending: a compiler bug of one torch version should not cost a run. The run is then
@@ -122,7 +122,7 @@ def first_compiled_step(state: TrainState, reals: torch.Tensor, config: TrainCon
     """
     before = copy.deepcopy(state.to_checkpoint(config, torch.empty(0)))
     try:
-        return train_step(state, reals, config, update_g, labels)
+        return step()
     # Dynamo's own errors, inductor's (RuntimeError subclasses) and the asserts of its generated code.
     except (torch._dynamo.exc.TorchDynamoException, RuntimeError, AssertionError) as error:
         restore_state(state, before)
@@ -130,7 +130,7 @@ def first_compiled_step(state: TrainState, reals: torch.Tensor, config: TrainCon
         reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200] if str(error).strip() else ''}"
         warnings.warn(FaceganWarning(f"torch.compile failed on this torch ({torch.__version__}) at the first step "
                                      f"({reason}), so the run trains without it, as with --compile off."), stacklevel=2)
-        return train_step(state, reals, config, update_g, labels)
+        return step()
 
 
 @contextlib.contextmanager
