@@ -24,11 +24,12 @@ second half never starts at 10,000 epochs): give a recipe its own epochs (--set 
 make it decay within the budget.
 
 Resumable: WORK/long-runs.json (--results) records each recipe's preset, settings, run directory
-(under WORK/runs/NAME) and state, rewritten at every change, and what each run measured (its table row
-and curve) at the end of a sitting and at every --report, so a results file outlives its run folders. Run the same command again and each
-unfinished run continues with `facegan train --resume` from its newest checkpoint; finished runs are
-skipped, unless --hours is now larger, when they train on to the new budget. Ctrl-C or SIGTERM stops
-the runs at their next step, each saving a checkpoint to continue from.
+(under WORK/runs/NAME) and state, rewritten at every change, and what each run measured (its table
+row and curve) at the end of a sitting and at every --report, so a results file outlives its run
+folders. Run the same command again and each unfinished run continues with `facegan train --resume`
+from its newest checkpoint; finished runs are skipped, unless --hours is now larger, when they train
+on to the new budget. Ctrl-C or SIGTERM stops the runs at their next step, each saving a checkpoint
+to continue from.
 
 It prints a table (recipe, state, CPU minutes, G steps, images/s of wall time and of CPU time, the
 first, best and last value of the first --evaluate metric) and writes the metric over CPU minutes,

@@ -24,7 +24,8 @@ from PIL import Image
 from facegan import plots, viz
 from facegan.errors import FaceganError, FaceganWarning, Interrupted
 from facegan.train import checkpoint as checkpoint_module
-from facegan.train import loop, rundir
+from facegan.train import rundir
+from facegan.train import step as step_module
 from facegan.train.checkpoint import (
     DamagedCheckpoint,
     load_checkpoint,
@@ -168,7 +169,8 @@ import torch
 from matplotlib.figure import Figure
 import facegan.plots, facegan.sample
 import facegan.train.checkpoint as checkpoint
-import facegan.train.loop as loop
+import facegan.train.loop
+import facegan.train.step as step_module
 from facegan.cli import main
 
 # What a first run loads lazily, loaded here once: torch._dynamo (by Adam), matplotlib's fonts.
@@ -181,7 +183,7 @@ def trainer(argv, log, slow_write):
     descriptor = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(descriptor, 1)
     os.dup2(descriptor, 2)
-    real_step, real_save = loop.update_generator, checkpoint.torch.save
+    real_step, real_save = step_module.update_generator, checkpoint.torch.save
     def step(state, *args, **kwargs):
         if not step.__dict__.setdefault("said", False):
             step.said = True
@@ -199,7 +201,7 @@ def trainer(argv, log, slow_write):
         stream.flush()
         time.sleep(2)
         stream.write(data[len(data) // 2 :])
-    loop.update_generator, checkpoint.torch.save = step, save
+    step_module.update_generator, checkpoint.torch.save = step, save
     code = 1
     try:
         code = main(argv)
@@ -299,8 +301,8 @@ def test_kill_9_at_any_moment_leaves_nothing_corrupt(tmp_path, capsys, data32, s
 
     # The last resume, here, continues from the last complete checkpoint and ends as if never killed.
     first_steps = []
-    real_step = loop.update_generator
-    monkeypatch.setattr(loop, "update_generator", lambda state, *a, **k: (first_steps.append(state.step), real_step(state, *a, **k))[1])
+    real_step = step_module.update_generator
+    monkeypatch.setattr(step_module, "update_generator", lambda state, *a, **k: (first_steps.append(state.step), real_step(state, *a, **k))[1])
     code, _, err = run_cli(["train", "--resume", str(run), "--quiet"], capsys)
     assert code == 0 and err == "", err
     assert first_steps[:1] in ([step], [])  # none: killed in the last epoch's end, after the last step
@@ -348,7 +350,7 @@ def test_sigterm_and_sigint_save_a_checkpoint_and_say_how_to_resume(tmp_path, ca
 
 
 def test_a_signal_stops_at_the_step_boundary_and_a_second_one_cannot_break_the_write(tmp_path, data32, monkeypatch):
-    original_step, original_save = loop.update_generator, checkpoint_module.torch.save
+    original_step, original_save = step_module.update_generator, checkpoint_module.torch.save
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
 
     def step(state, *args, **kwargs):
@@ -362,7 +364,7 @@ def test_a_signal_stops_at_the_step_boundary_and_a_second_one_cannot_break_the_w
             os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the checkpoint is written
         original_save(obj, stream)
 
-    monkeypatch.setattr(loop, "update_generator", step)
+    monkeypatch.setattr(step_module, "update_generator", step)
     monkeypatch.setattr(checkpoint_module.torch, "save", save)
     with pytest.raises(Interrupted, match="stopped by SIGTERM at step 3 .*`facegan train --resume") as stopped:
         train(tiny(tmp_path, data32, epochs=2), progress=False)
@@ -473,7 +475,7 @@ def test_a_full_disk_is_one_sentence_and_the_previous_checkpoint_survives(tmp_pa
 
 def poison_at(monkeypatch, steps: set[int] | None, *, weights: bool = True, loss: bool = True, once: bool = True) -> list[int]:
     """Make the G update diverge at `steps` (None: from the first of them on, always): NaN weights and/or a NaN loss."""
-    original, hits = loop.update_generator, []
+    original, hits = step_module.update_generator, []
 
     def step(state, *args, **kwargs):
         out = original(state, *args, **kwargs)
@@ -486,7 +488,7 @@ def poison_at(monkeypatch, steps: set[int] | None, *, weights: bool = True, loss
                 out = {**out, "loss_g": torch.tensor(float("nan"))}
         return out
 
-    monkeypatch.setattr(loop, "update_generator", step)
+    monkeypatch.setattr(step_module, "update_generator", step)
     return hits
 
 
@@ -536,7 +538,7 @@ def test_divergence_that_persists_stops_after_max_rollbacks_and_never_saves_nan(
 
 def test_nan_weights_with_a_finite_loss_are_caught_before_saving(tmp_path, data32, monkeypatch):
     # A NaN in BatchNorm's running statistics changes no training loss but would ruin every sample.
-    original = loop.update_generator
+    original = step_module.update_generator
 
     def step(state, *args, **kwargs):
         out = original(state, *args, **kwargs)
@@ -546,7 +548,7 @@ def test_nan_weights_with_a_finite_loss_are_caught_before_saving(tmp_path, data3
             buffer.fill_(float("nan"))
         return out
 
-    monkeypatch.setattr(loop, "update_generator", step)
+    monkeypatch.setattr(step_module, "update_generator", step)
     run = train(tiny(tmp_path, data32, epochs=1, checkpoint_every_steps=3), progress=False)
     event = next(r for r in plots.read_stats(run / "stats.jsonl") if r.get("event"))
     assert event["reason"].startswith("non-finite values in generator.") and event["reason"].endswith("running_var")

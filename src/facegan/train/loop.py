@@ -69,11 +69,7 @@ from facegan.train.rundir import (
 )
 from facegan.train.schedule import lr_factor, set_lr
 from facegan.train.state import TrainState, build_state, restore_state
-from facegan.train.step import (
-    eager_if_compile_fails,
-    update_discriminator,
-    update_generator,
-)
+from facegan.train.step import eager_if_compile_fails, train_step
 
 BEST = "best.pt"  # the checkpoint best on the first --eval metric
 log = logging.getLogger(__name__)
@@ -131,7 +127,7 @@ def train(config: TrainConfig, *, resume: Path | None = None, progress: bool = T
             update_g = (state.batch_in_epoch + 1) % config.d_steps == 0
             if update_g:
                 set_learning_rates(state, config, total_g_steps)
-            step = functools.partial(_update_d_then_g, state, to_model_input(images), labels, config, update_g)
+            step = functools.partial(train_step, state, to_model_input(images), config, update_g, labels)
             # Compiled models build their kernels at the first step: checked there.
             out = eager_if_compile_fails(step, state, config) if unproven_compile else step()
             unproven_compile = False
@@ -462,17 +458,6 @@ def _record(state: TrainState, out: dict, rate: float, config: TrainConfig, worl
                    "images_per_s": rate * world_size,  # wall-clock speed
                    "cpu_s": state.cpu.seconds()})  # the run's CPU time (rank 0's process), over all its resumes
     return record
-
-
-def _update_d_then_g(state: TrainState, reals: torch.Tensor, labels: torch.Tensor | None, config: TrainConfig,
-                     update_g: bool) -> dict[str, torch.Tensor]:
-    """One D update and, when due, one G update: step.train_step, through this module's names of the two updates."""
-    reuse = update_g and config.d_steps == 1  # DCGAN's reuse of D's fakes for G's update
-    out, fakes = update_discriminator(state, reals, labels, config, keep_fakes=reuse)
-    if update_g:
-        out |= update_generator(state, fakes if reuse else None, labels, config, len(reals))
-    state.scaler.update()
-    return out
 
 
 def _finish_epoch(state: TrainState, config: TrainConfig, run: _Run, guard: DivergenceGuard) -> str | None:
