@@ -313,13 +313,13 @@ def test_gpu_script_trains_measures_and_times_on_a_tiny_cpu_setting(tmp_path, mo
     columns, rows = table(text, "preset ")  # recipes.py's table (its first columns one space apart)
     assert columns[0] == "preset" and {"img/s", "fid4", "kid4", "pr4_precision", "pr4_recall"} <= set(columns)
     assert_finite(rows)
-    assert [row.split()[0] for row in rows] == ["dcgan", "facegan"]
-    assert "facegan vs dcgan: fid4" in text
+    assert [row.split()[0] for row in rows] == ["dcgan", "fast"]
+    assert "fast vs dcgan: fid4" in text
     columns, rows = table(text.split("the same runs")[1], "preset")
     assert columns == ["preset", "epochs planned", "epochs", "wall s", "images/s timed", "images/s run", "cut"]
     assert_finite(rows)
     assert [numbers(row)[:2] for row in rows] == [[1, 1], [1, 1]] and all(row.endswith("no") for row in rows)
-    assert {p.name for p in grids.iterdir()} == {"recipes-tiny-dcgan.png", "recipes-tiny-facegan.png", "gpu-tiny.png"}
+    assert {p.name for p in grids.iterdir()} == {"recipes-tiny-dcgan.png", "recipes-tiny-fast.png", "gpu-tiny.png"}
 
     columns, rows = table(text, "batch")
     assert columns == ["batch", "steps", "plain images/s", "facegan images/s", "vs plain", "of ceiling"]
@@ -329,12 +329,12 @@ def test_gpu_script_trains_measures_and_times_on_a_tiny_cpu_setting(tmp_path, mo
         _, _, plain, facegan, ratio, _ = numbers(row)
         assert plain > 0 and facegan > 0 and ratio == pytest.approx(facegan / plain, abs=0.006)
     assert "batch 4096: not timed, more than the 52 training images" in text
-    timed = re.search(r"fid4 of the facegan run's generator against its 4 training images: ([\d.]+) s", text)
+    timed = re.search(r"fid4 of the fast run's generator against its 4 training images: ([\d.]+) s", text)
     assert timed and float(timed.group(1)) > 0
     assert re.search(r"^in all: [\d.]+ min \(split", text, re.MULTILINE)
 
     saved = json.loads(results.read_text())
-    assert [r["preset"] for r in saved["datasets"]["tiny"]["rows"]] == ["dcgan", "facegan"]
+    assert [r["preset"] for r in saved["datasets"]["tiny"]["rows"]] == ["dcgan", "fast"]
     assert {"throughput", "fid_time"} <= saved.keys()
     # A second sitting continues the file: nothing is trained or timed again, and the tables are the same.
     gpu.main()

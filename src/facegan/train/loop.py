@@ -56,6 +56,7 @@ from facegan.train.guard import (
     run_lock,
     stop_on_signals,
 )
+from facegan.train.pictures import PictureBudget
 from facegan.train.rundir import (
     STATS,
     append_stats,
@@ -164,7 +165,7 @@ def train(config: TrainConfig, *, resume: Path | None = None, progress: bool = T
                 batches = None  # the restored state's epoch, from its position
                 continue
             if epoch_done:
-                meter.finish(state, config, run_dir, progress)
+                meter.finish(state, config, run_dir, progress, run.pictures if run.plots_due else None)
                 batches = None
                 if run.budget_spent and run_dir is not None and progress:
                     log.info(f"stopped after epoch {state.epoch}: the run's CPU time, {state.cpu.seconds() / 60:.1f} min, "
@@ -203,6 +204,8 @@ class _Run:
     eval_data: PreparedDataset | None = None  # what --eval-every measures against; None: the training data
     rollbacks: int = 0  # by this invocation
     budget_spent: bool = False  # the run's CPU time reached --max-cpu-minutes at an epoch end: it stops there
+    pictures: PictureBudget = field(default_factory=PictureBudget)  # when an epoch's plots are drawn
+    plots_due: bool = True  # whether the epoch just finished draws them
 
     def saved_latest(self) -> None:
         """latest.pt was just written (by rank 0): a divergence now rolls back to it, on every rank."""
@@ -420,15 +423,18 @@ class _EpochMeter:
         """Take the bar off the screen."""
         self.bar.close()
 
-    def finish(self, state: TrainState, config: TrainConfig, run_dir: Path | None, progress: bool) -> None:
-        """Close the bar; on rank 0 the epoch's histogram of D's probabilities and, with progress on, one summary line."""
+    def finish(self, state: TrainState, config: TrainConfig, run_dir: Path | None, progress: bool,
+               pictures: PictureBudget | None) -> None:
+        """Close the bar; on rank 0 the epoch's histogram of D's probabilities when plots are due (`pictures`, timing it)
+        and, with progress on, one summary line."""
         self.close()
         if run_dir is None:
             return
-        if self.probabilities:
-            real = torch.cat([p[0] for p in self.probabilities]).float().cpu().numpy()
-            fake = torch.cat([p[1] for p in self.probabilities]).float().cpu().numpy()
-            _plot_probabilities(real, fake, run_dir, state.epoch)
+        if self.probabilities and pictures is not None:
+            with pictures.drawing():
+                real = torch.cat([p[0] for p in self.probabilities]).float().cpu().numpy()
+                fake = torch.cat([p[1] for p in self.probabilities]).float().cpu().numpy()
+                _plot_probabilities(real, fake, run_dir, state.epoch)
         if progress:
             rate = self.images / (time.perf_counter() - self.started)
             losses = ""
@@ -470,13 +476,15 @@ def _finish_epoch(state: TrainState, config: TrainConfig, run: _Run, guard: Dive
     distributed.check_consistent(state.generator, state.discriminator)  # the ranks' G and D are one model
     state.epoch += 1
     state.batch_in_epoch = 0
-    if run.run_dir is not None:
-        checkpoint.update(epoch=state.epoch, batch_in_epoch=0)
-        _end_of_epoch(run.run_dir, config, state, run.dataset, run.fixed_noise, checkpoint)
     # The budget is judged on the CPU time the epoch's checkpoint carries, so that a resume of it with the same
     # budget agrees that nothing is left. Rank 0's decides for every rank (each counts its own process).
     run.budget_spent = bool(distributed.broadcast(
         bool(config.max_cpu_minutes) and checkpoint["cpu_s"] >= config.max_cpu_minutes * 60))
+    run.plots_due = run.pictures.due(last=state.epoch >= config.epochs or run.budget_spent)
+    if run.run_dir is not None:
+        checkpoint.update(epoch=state.epoch, batch_in_epoch=0)
+        _end_of_epoch(run.run_dir, config, state, run.dataset, run.fixed_noise, checkpoint,
+                      run.pictures if run.plots_due else None)
     # A run stopped by its budget is always measured at its stop, due or not: its last model is the one the
     # budget bought, and what a comparison at equal CPU time compares. (A run ending at --epochs is measured
     # only when due, as before.) Every rank measures its share of the images.
@@ -489,8 +497,8 @@ def _finish_epoch(state: TrainState, config: TrainConfig, run: _Run, guard: Dive
 
 @reporting_disk_errors("the epoch's samples and plots")
 def _end_of_epoch(run_dir: Path, config: TrainConfig, state: TrainState, dataset: PreparedDataset,
-                  fixed_noise: torch.Tensor, checkpoint: dict) -> None:
-    """Grid, plots and checkpoints after each epoch (rank 0 only)."""
+                  fixed_noise: torch.Tensor, checkpoint: dict, pictures: PictureBudget | None) -> None:
+    """Grid and checkpoints after each epoch (rank 0 only), and the plots when they are due (`pictures`, timing them)."""
     epoch = state.epoch
     if config.condition:
         save_conditional_grid(state.sampling_generator, fixed_noise, config.condition,
@@ -500,12 +508,14 @@ def _end_of_epoch(run_dir: Path, config: TrainConfig, state: TrainState, dataset
     else:
         fakes = generate(state.sampling_generator, fixed_noise)
         viz.save_png(viz.make_grid(fakes), run_dir / "samples" / f"epoch-{epoch:04d}.png")
-    stats = plots.read_stats(run_dir / STATS) if (run_dir / STATS).exists() else []
-    if stats:
-        plots.plot_losses(stats, run_dir / "plots" / "losses.png")
-    count = min(32, len(fakes), len(dataset))
-    reals = dataset.take(np.sort(np.random.default_rng(epoch).choice(len(dataset), count, replace=False)))
-    plots.real_vs_fake(reals, fakes[:count], run_dir / "plots" / "real-vs-fake.png")
+    if pictures is not None:
+        with pictures.drawing():
+            stats = plots.read_stats(run_dir / STATS) if (run_dir / STATS).exists() else []
+            if stats:
+                plots.plot_losses(stats, run_dir / "plots" / "losses.png")
+            count = min(32, len(fakes), len(dataset))
+            reals = dataset.take(np.sort(np.random.default_rng(epoch).choice(len(dataset), count, replace=False)))
+            plots.real_vs_fake(reals, fakes[:count], run_dir / "plots" / "real-vs-fake.png")
     save_checkpoint(checkpoint, checkpoint_dir(run_dir) / LATEST)
     if config.checkpoint_every_epochs and epoch % config.checkpoint_every_epochs == 0:
         save_checkpoint(checkpoint, checkpoint_dir(run_dir) / epoch_checkpoint_name(epoch))
