@@ -38,7 +38,7 @@ class PictureBudget:
 
     @contextmanager
     def drawing(self) -> Iterator[None]:
-        """Count the time of what is drawn inside as the plots' (call once an epoch, around all of them)."""
+        """Count the time of what is drawn inside as the plots' (the loop wraps the epoch's plots and its histogram)."""
         began = self.clock()
         try:
             yield
