@@ -27,6 +27,8 @@ TODAYS_FIELD_FLAGS = {
     "--lr-decay-start": "lr_decay_start", "--eval-every": "eval_every", "--eval": "evaluate",
     # Added since (issue 18): a CPU-time budget, and a reference for --eval-every other than the training data.
     "--max-cpu-minutes": "max_cpu_minutes", "--eval-data": "eval_data",
+    # (issue 15): D's attribute head, AC-GAN's auxiliary classifier.
+    "--aux-weight": "aux_weight",
 }
 CLI_ONLY = {"-h", "--preset", "--resume", "--lr", "--beta1", "--beta2", "--quiet"}
 

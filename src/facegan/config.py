@@ -13,6 +13,7 @@ from facegan.files import write_atomically
 
 COMPILE_MODES = ("auto", "on", "off", "cudagraphs")
 _R1_EVERY = 16  # D updates between lazy R1 penalties (named in --r1-gamma's help)
+AUX_WEIGHT = 1.0  # a conditional run's --aux-weight unless it names one (AC-GAN's weight)
 
 
 # The names a setting may take come from the registries that implement them. Those import torch,
@@ -94,6 +95,13 @@ class TrainConfig:
                                          metavar="ATTRS", type="names")
     balance: tuple[str, ...] = _option((), "attributes whose every combination is drawn equally often, e.g. Pale_Skin",
                                        metavar="ATTRS", type="names")
+    # AC-GAN's auxiliary classifier (Odena et al. 2017) beside the projection: D also learns the real
+    # images' attributes, and G is also trained to make D see the attributes it was asked for.
+    # None, in configurations written before it existed, is off; from_preset makes it AUX_WEIGHT for a
+    # conditional run and 0 otherwise (README: without it, CelebA's conditions barely held).
+    aux_weight: float | None = _option(None, "weight of D's attribute classifier, learnt on real images and asked "
+                                             "of G's (AC-GAN); needs --condition; 0 = off", type="float", metavar="W",
+                                       unset="1 with --condition, 0 without")
     # Model: DCGAN of Radford et al.; width is the channel count of G's last and D's first layer.
     model: str = _option("dcgan", "model family", choices=_models, group="recipe")
     latent_dim: int = _option(100, "latent vector size; 128 is common", type="positive")
@@ -264,7 +272,7 @@ RESOLUTIONS = (8, 16, 32, 64, 128, 256, 512, 1024)
 # Settings that must not change when a run is resumed: they decide the models' shapes or the
 # meaning of the saved optimizer state.
 RESUME_FIXED = ("model", "latent_dim", "g_width", "d_width", "d_norm", "spectral_norm", "resolution", "loss", "batch_size", "seed", "data", "synthetic_count",
-                "condition", "balance")
+                "condition", "balance", "aux_weight")
 
 
 def from_preset(name: str, **overrides) -> TrainConfig:
@@ -272,6 +280,8 @@ def from_preset(name: str, **overrides) -> TrainConfig:
     if name not in PRESETS:
         raise FaceganError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
     values = {**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}, "preset": name}
+    if values.get("aux_weight") is None:
+        values["aux_weight"] = AUX_WEIGHT if values.get("condition") else 0.0
     config = TrainConfig.from_dict(values)
     validate(config)
     return config
@@ -320,8 +330,10 @@ def validate(config: TrainConfig) -> None:
     for name in ("d_steps", "r1_every"):
         if not isinstance(getattr(config, name), int) or getattr(config, name) < 1:
             raise FaceganError(f"{name.replace('_', '-')} must be a whole number of at least 1, not {getattr(config, name)!r}.")
-    for name in ("gp_weight", "r1_gamma", "ema_kimg"):
+    for name in ("gp_weight", "r1_gamma", "ema_kimg", "aux_weight"):
         value = getattr(config, name)
+        if name == "aux_weight" and value is None:  # a configuration from before it: off
+            continue
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
             raise FaceganError(f"{name.replace('_', '-')} must be 0 (off) or a positive number, not {value!r}.")
     if config.ema_rampup is not None and not (isinstance(config.ema_rampup, (int, float)) and config.ema_rampup > 0):
@@ -351,6 +363,9 @@ def validate(config: TrainConfig) -> None:
             raise FaceganError(f"{flag} must name attributes, separated by commas, not {','.join(map(str, names))!r}.")
         if twice := sorted({n for n in names if names.count(n) > 1}):
             raise FaceganError(f"{flag} names {', '.join(twice)} more than once.")
+    if config.aux_weight and not config.condition:
+        raise FaceganError("aux-weight trains D to tell the attributes of --condition, so it needs --condition; "
+                           "name the attributes, or leave aux-weight at 0.")
     if config.precision not in _precisions():
         raise FaceganError(f"precision must be {_either(_precisions())}, not {config.precision!r}.")
     if config.compile not in COMPILE_MODES:

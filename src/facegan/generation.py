@@ -376,8 +376,9 @@ def _exported_config(path: Path, metadata: dict[str, str]) -> TrainConfig:
                            "export it again.")
     # Settings added since format 1 began, whose absence means what older files are: unconditional
     # (no attribute lists), trained in one process (no sync_bn), with no CPU budget and measured on
-    # the training data (max_cpu_minutes, eval_data: training settings only). Every other setting must be there.
-    later = (*NAME_LISTS, "sync_bn", "max_cpu_minutes", "eval_data")
+    # the training data, without D's attribute head (max_cpu_minutes, eval_data, aux_weight: training
+    # settings only). Every other setting must be there.
+    later = (*NAME_LISTS, "sync_bn", "max_cpu_minutes", "eval_data", "aux_weight")
     absent = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in values and f.name not in later]
     if absent:  # never a default: a missing width or size would quietly build another generator
         raise FaceganError(f"{path} holds a configuration without {_few(absent)}; export it again.")

@@ -2,6 +2,8 @@
 
     python ddp_worker.py OUT_DIR NAME:PRESET[:KEY=VALUE,...] ... [fid:DATA]
 
+(a list, as condition's attributes, is written A+B); a conditional run trains on random labels.
+
 writes OUT_DIR/NAME.pt (rank 0) for each run, one after the other in one process group, and with
 `fid:DATA` OUT_DIR/fid.json (ddp_fid_worker.py), in the same launch: starting processes is what costs.
 
@@ -66,17 +68,21 @@ def run(path: str, preset: str, **values) -> None:
 
 def _train(state, config, rank: int, ranks: int) -> list[dict[str, float]]:
     reals = torch.rand(STEPS, BATCH, 3, RESOLUTION, RESOLUTION, generator=torch.Generator().manual_seed(7)) * 2 - 1
+    labels = torch.randint(0, 2, (STEPS, BATCH, len(config.condition)), generator=torch.Generator().manual_seed(8)).float()
     share = BATCH // ranks
     losses = []
     for step in range(STEPS):
         batch = reals[step, rank * share : (rank + 1) * share].contiguous(memory_format=torch.channels_last)
-        result = train_step(state, batch, config, update_g=(step + 1) % config.d_steps == 0)
+        mine = labels[step, rank * share : (rank + 1) * share] if config.condition else None
+        result = train_step(state, batch, config, update_g=(step + 1) % config.d_steps == 0, labels=mine)
         scalars = distributed.mean_over_ranks({k: v for k, v in result.items() if v.ndim == 0})
         losses.append({k: float(v) for k, v in scalars.items()})
     return losses
 
 
 def _value(text: str) -> object:
+    if "+" in text:
+        return tuple(text.split("+"))
     for kind in (int, float):
         try:
             return kind(text)

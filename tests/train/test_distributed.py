@@ -172,11 +172,12 @@ def two_to_one(tmp_path_factory, data32, straight) -> tuple[Path, str]:
 
 def test_two_ranks_of_16_are_one_process_of_32_with_sync_bn_and_fid_is_the_same(tmp_path, data32):
     specs = ["dcgan:dcgan:sync_bn=true", "wgan-gp:wgan-gp:sync_bn=true",
-             "r1:dcgan:sync_bn=true,d_norm=layer,r1_gamma=1.0,r1_every=2", "dcgan-local-bn:dcgan", f"fid:{data32}"]
+             "r1:dcgan:sync_bn=true,d_norm=layer,r1_gamma=1.0,r1_every=2", "dcgan-local-bn:dcgan",
+             "aux:dcgan:sync_bn=true,condition=Smiling+Male,aux_weight=1.0", f"fid:{data32}"]
     for ranks in (1, 2):
         (tmp_path / str(ranks)).mkdir()
         _run(ranks, str(tmp_path / str(ranks)), *specs, cwd=tmp_path, script=WORKER)
-    for name in ("dcgan", "wgan-gp", "r1", "dcgan-local-bn"):
+    for name in ("dcgan", "wgan-gp", "r1", "dcgan-local-bn", "aux"):
         alone, shared = (torch.load(tmp_path / str(ranks) / f"{name}.pt") for ranks in (1, 2))
         worst = max((alone[part][key].float() - shared[part][key].float()).abs().max().item()
                     for part in ("generator", "discriminator") for key in alone[part])

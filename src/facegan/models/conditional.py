@@ -14,6 +14,12 @@ between 0 and 1 mix the two vectors, which a demo's slider may use.
 - `Projection` (Miyato & Koyama 2018): D's logit gains <presence(c) @ E, pooled features>. It is
   a bias-free Linear layer, so that the builder's spectral normalisation covers it as their
   code normalises its embedding. With c None it adds nothing.
+- `AttributeHead` (Odena et al. 2017's AC-GAN; StarGAN's attribute term): one logit per
+  attribute from D's last features (DCGAN's 4x4 map flattened, as its logit reads it; ResNet's
+  pooled ones), asked for with `D(x, c, aux=True)`. The training step teaches it the real images'
+  attributes and asks G's images to show theirs (train/step.py): the projection alone only says
+  whether an image fits its condition, which G could long ignore (README, "Who gets generated:
+  CelebA"). Built only for --aux-weight above 0, so earlier checkpoints load.
 """
 
 from __future__ import annotations
@@ -74,3 +80,26 @@ class Projection(nn.Module):
     def forward(self, pooled: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """(B, F) pooled features and (B, K) labels -> (B,) terms to add to the logits."""
         return (self.embed(presence(c).to(pooled.dtype)) * pooled).sum(dim=1)
+
+
+class AttributeHead(nn.Module):
+    """D's auxiliary classifier: (B, F) features -> (B, K) logits, one per attribute."""
+
+    def __init__(self, features: int, num_attributes: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(features, num_attributes)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits of each attribute being present."""
+        return self.linear(features)
+
+
+def with_attributes(logits: torch.Tensor, features: torch.Tensor, head: AttributeHead | None,
+                    aux: bool) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """A D's return: its logits alone, or with `aux` also its attribute head's logits (ValueError without a head)."""
+    if not aux:
+        return logits
+    if head is None:
+        raise ValueError("this discriminator was built without an attribute head (aux_classifier=False); "
+                         "call it without aux=True")
+    return logits, head(features)

@@ -12,7 +12,8 @@ G is `project` (the latent to 4x4), `blocks` (one 2x upsampling each) and `to_rg
 run by `features`, and `head` (one logit per image). Both take an optional condition c, a float
 tensor (B, K) of labels. Built with `num_attributes` K > 0 they use it (models/conditional.py):
 every BatchNorm of G is conditional, and D's logit gains a projection term <embed(c), the 4x4
-features summed over pixels> (Miyato & Koyama 2018). Built with K = 0 (the default) they are the
+features summed over pixels> (Miyato & Koyama 2018), and with `aux_classifier` an attribute head on
+the 4x4 features: `D(x, c, aux=True)` also returns one logit per attribute. Built with K = 0 (the default) they are the
 paper's models, layer for layer and draw for draw from the RNG, and refuse a c. Until 3bf9834 G
 and D were one nn.Sequential, `main`; `rename_old_keys` lets state dicts of that time load.
 """
@@ -26,10 +27,12 @@ import torch
 from torch import nn
 
 from facegan.models.conditional import (
+    AttributeHead,
     ConditionalBatchNorm2d,
     Projection,
     check_condition,
     normalise,
+    with_attributes,
 )
 
 
@@ -161,7 +164,8 @@ class Discriminator(nn.Module):
     get biases, as nothing else shifts their outputs).
     """
 
-    def __init__(self, width: int = 64, resolution: int = 64, norm: str = "batch", num_attributes: int = 0) -> None:
+    def __init__(self, width: int = 64, resolution: int = 64, norm: str = "batch", num_attributes: int = 0,
+                 aux_classifier: bool = False) -> None:
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {', '.join(NORMS)}, not {norm!r}")
@@ -175,6 +179,8 @@ class Discriminator(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.head = nn.Conv2d(channels[-1], 1, 4, 1, 0, bias=bias)  # 4x4 -> one logit, no Sigmoid
         self.projection = Projection(channels[-1], num_attributes) if num_attributes else None
+        # On the 4x4 features as they lie, as `head` reads them: pooled, they would lose where things are.
+        self.attributes = AttributeHead(channels[-1] * 16, num_attributes) if num_attributes and aux_classifier else None
         self.register_load_state_dict_pre_hook(rename_old_keys)
 
     def features(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
@@ -186,13 +192,17 @@ class Discriminator(nn.Module):
             h = block(h)
         return h
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        """One logit per image; a conditional D adds its projection term for labels `c` (None: none)."""
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None, *,
+                aux: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """One logit per image; a conditional D adds its projection term for labels `c` (None: none).
+        With `aux`, also its attribute head's (B, K) logits."""
         h = self.features(x, c)
         logits = self.head(h).flatten()
-        if self.projection is not None and c is not None:
+        if self.projection is None:  # unconditional: no attribute head either
+            return with_attributes(logits, h, None, aux)
+        if c is not None:
             logits = logits + self.projection(h.sum(dim=(2, 3)), c)
-        return logits
+        return with_attributes(logits, h.flatten(1), self.attributes, aux)
 
     def old_names(self) -> dict[str, str]:
         """The submodule paths of 3bf9834's D (`main.<i>`) and their names now."""

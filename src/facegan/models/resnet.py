@@ -19,7 +19,8 @@ G is `project` (a linear layer to 4x4), `blocks` and `to_rgb`; D is `blocks` and
 run by `features`, and `head` (one logit per image). As in dcgan.py, both take an optional
 condition c (B, K), used when built with `num_attributes` K > 0: the BatchNorms of G's blocks
 become conditional (Miyato & Koyama's code keeps the last one, `to_rgb.norm`, unconditional, and
-so does this), and D's logit gains the projection term <embed(c), features>. Built with K = 0 they
+so does this), and D's logit gains the projection term <embed(c), features>; with `aux_classifier`
+D also has an attribute head on its features (`D(x, c, aux=True)`). Built with K = 0 they
 are the unconditional models and refuse a c. Until 3bf9834 G's layers were `l1`, `b_out`,
 `c_out` and D's logit `l_out`; `rename_old_keys` lets those state dicts load.
 """
@@ -34,10 +35,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from facegan.models.conditional import (
+    AttributeHead,
     ConditionalBatchNorm2d,
     Projection,
     check_condition,
     normalise,
+    with_attributes,
 )
 from facegan.models.dcgan import (
     check_images,
@@ -181,7 +184,8 @@ class Discriminator(nn.Module):
     channels reach 16 x width; further blocks keep both (Mimicry: 2x2 at 64 px, 4x4 at 128 px).
     """
 
-    def __init__(self, width: int = 64, resolution: int = 64, num_attributes: int = 0) -> None:
+    def __init__(self, width: int = 64, resolution: int = 64, num_attributes: int = 0,
+                 aux_classifier: bool = False) -> None:
         super().__init__()
         self.resolution, self.num_attributes = resolution, num_attributes
         channels = stage_channels(width, resolution)[::-1]
@@ -193,6 +197,9 @@ class Discriminator(nn.Module):
         self.projection = Projection(channels[-1], num_attributes) if num_attributes else None
         if self.projection is not None:  # xavier, as SNGAN's projection embedding
             nn.init.xavier_uniform_(self.projection.embed.weight)
+        self.attributes = AttributeHead(channels[-1], num_attributes) if num_attributes and aux_classifier else None
+        if self.attributes is not None:
+            _xavier(self.attributes.linear, 1.0)
         self.register_load_state_dict_pre_hook(rename_old_keys)
 
     def features(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
@@ -204,13 +211,15 @@ class Discriminator(nn.Module):
             h = block(h)
         return F.relu(h).sum(dim=(2, 3))  # global sum pooling, as SNGAN
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        """One logit per image; a conditional D adds its projection term for labels `c` (None: none)."""
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None, *,
+                aux: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """One logit per image; a conditional D adds its projection term for labels `c` (None: none).
+        With `aux`, also its attribute head's (B, K) logits."""
         h = self.features(x, c)
         logits = self.head(h).flatten()
         if self.projection is not None and c is not None:
             logits = logits + self.projection(h, c)
-        return logits
+        return with_attributes(logits, h, self.attributes, aux)
 
     def old_names(self) -> dict[str, str]:
         """The submodule paths of 3bf9834's D that have other names now."""

@@ -70,7 +70,7 @@ from facegan.train.rundir import (
 )
 from facegan.train.schedule import lr_factor, set_lr
 from facegan.train.state import TrainState, build_state, restore_state
-from facegan.train.step import eager_if_compile_fails, train_step
+from facegan.train.step import EXTRA_TERMS, eager_if_compile_fails, train_step
 
 BEST = "best.pt"  # the checkpoint best on the first --eval metric
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ def train(config: TrainConfig, *, resume: Path | None = None, progress: bool = T
             # Maintenance: log, check, save, stop.
             # The loss flag is read on the host only where that costs no extra sync (CPU, log steps)
             # and, with every weight, before anything is saved: nothing diverged is ever written.
-            guard.observe(*(out[k] for k in ("loss_d", "loss_g", "gp", "r1") if k in out))
+            guard.observe(*(out[k] for k in ("loss_d", "loss_g", *EXTRA_TERMS) if k in out))
             logging_now = update_g and state.step % config.log_every == 0
             saving = bool(update_g and config.checkpoint_every_steps and state.step % config.checkpoint_every_steps == 0)
             epoch_done = state.batch_in_epoch == steps_per_epoch
@@ -410,7 +410,7 @@ class _EpochMeter:
         if not logging_now:
             return
         if self.world_size > 1:  # the global batch's losses and penalties, not rank 0's share of it
-            out = out | distributed.mean_over_ranks({k: out[k] for k in ("loss_d", "loss_g", "gp", "r1") if k in out})
+            out = out | distributed.mean_over_ranks({k: out[k] for k in ("loss_d", "loss_g", *EXTRA_TERMS) if k in out})
         # The only host-device synchronisation: values are read back when logged.
         record = _record(state, out, self.images / (time.perf_counter() - self.started), config, self.world_size)
         self.losses.append((record["loss_d"], record["loss_g"]))
@@ -459,7 +459,7 @@ def _record(state: TrainState, out: dict, rate: float, config: TrainConfig, worl
     if config.loss == "bce":  # D's output is a probability only under BCE
         record["d_real"] = float(torch.sigmoid(out["real_logits"]).mean())
         record["d_fake"] = float(torch.sigmoid(out["fake_logits"]).mean())
-    record.update({name: float(out[name]) for name in ("gp", "r1") if name in out})
+    record.update({name: float(out[name]) for name in EXTRA_TERMS if name in out})
     record.update({"lr_g": state.opt_g.param_groups[0]["lr"], "lr_d": state.opt_d.param_groups[0]["lr"],
                    "images_per_s": rate * world_size,  # wall-clock speed
                    "cpu_s": state.cpu.seconds()})  # the run's CPU time (rank 0's process), over all its resumes

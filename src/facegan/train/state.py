@@ -101,7 +101,7 @@ def build_state(config: TrainConfig, resolution: int, device: torch.device) -> T
     torch.manual_seed(config.seed)
     generator, discriminator = build_models(config.model, config.latent_dim, config.g_width, config.d_width, resolution,
                                             d_norm=config.d_norm, spectral_norm=config.spectral_norm,
-                                            num_attributes=len(config.condition))
+                                            num_attributes=len(config.condition), aux_classifier=bool(config.aux_weight))
     generator = generator.to(device, memory_format=torch.channels_last)
     discriminator = discriminator.to(device, memory_format=torch.channels_last)
     # Fused Adam on a GPU, foreach on the CPU: a few kernels per step for all tensors instead of

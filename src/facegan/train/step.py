@@ -5,6 +5,11 @@ under the state's precision (autocast); logits are cast to float32 before any lo
 penalties, weight gradients and optimizer state are float32. With DiffAugment on, D sees only
 augmented images, real and generated alike, in both updates (Zhao et al. 2020).
 
+With --aux-weight, D's attribute head learns the real images' labels (`aux_d`, binary cross-entropy
+per attribute) and G is trained to make it see, in G's images, the labels G was given (`aux_g`), as
+AC-GAN. D's head learns from real images only, as StarGAN's does: taught on fakes too, it would
+learn G's mistakes as well, and ask less of G.
+
 Every random draw (flips, latents, augmentation, the penalty's interpolation) comes from the
 state's one noise generator, in a fixed order, so a resumed run draws exactly what an
 uninterrupted one would.
@@ -18,6 +23,7 @@ import warnings
 from collections.abc import Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from facegan import distributed
@@ -27,6 +33,9 @@ from facegan.errors import FaceganWarning
 from facegan.losses import LOSSES, gradient_penalty, r1_penalty
 from facegan.train.ema import beta_for
 from facegan.train.state import TrainState, restore_state
+
+# What a step returns besides the losses and D's logits, when it is on: scalars the loop logs and checks.
+EXTRA_TERMS = ("gp", "r1", "aux_d", "aux_g")
 
 
 def update_discriminator(state: TrainState, reals: torch.Tensor, labels: torch.Tensor | None, config: TrainConfig, *,
@@ -48,10 +57,17 @@ def update_discriminator(state: TrainState, reals: torch.Tensor, labels: torch.T
         with torch.set_grad_enabled(keep_fakes):
             fakes = G(z, labels)
         reals_seen = reals.detach().requires_grad_(lazy_r1)
-        real_logits = D(augment(reals_seen), labels).float()
+        if config.aux_weight:
+            real_logits, real_attributes = D(augment(reals_seen), labels, aux=True)
+        else:
+            real_logits, real_attributes = D(augment(reals_seen), labels), None
+        real_logits = real_logits.float()
         fake_logits = D(augment(fakes.detach()), labels).float()
     loss_d = d_loss(real_logits, fake_logits)
     total_d, penalties = loss_d, {}
+    if real_attributes is not None:
+        penalties["aux_d"] = _attribute_loss(real_attributes, labels)
+        total_d = total_d + config.aux_weight * penalties["aux_d"]
     # float16 computes the penalties in float32: their second-order gradients underflow otherwise.
     with state.precision.autocast() if not state.scaler.is_enabled() else contextlib.nullcontext():
         if config.gp_weight:
@@ -80,21 +96,30 @@ def update_generator(state: TrainState, fakes: torch.Tensor | None, labels: torc
     _, g_loss = LOSSES[config.loss]
     G, D = state.models
     augment = _augmenter(config, state.noise)
+    out = {}
     # Under torchrun D also skips the all-reduce: none of its gradients exist (stylegan2-ada's ddp_sync).
     with frozen(state.discriminator), distributed.no_sync(D):
         with state.precision.autocast():
             if fakes is None:
                 z = torch.randn(batch, config.latent_dim, generator=state.noise, device=state.noise.device)
                 fakes = G(z, labels)
-            loss_g = g_loss(D(augment(fakes), labels).float())
+            if config.aux_weight:
+                logits, attributes = D(augment(fakes), labels, aux=True)
+            else:
+                logits, attributes = D(augment(fakes), labels), None
+            loss_g = g_loss(logits.float())
+        total_g = loss_g
+        if attributes is not None:
+            out["aux_g"] = _attribute_loss(attributes, labels)
+            total_g = total_g + config.aux_weight * out["aux_g"]
         state.opt_g.zero_grad(set_to_none=True)
-        _backward_and_step(loss_g, state.opt_g, state.scaler)
+        _backward_and_step(total_g, state.opt_g, state.scaler)
     state.step += 1
     if state.ema is not None:
         distributed.average_buffers(state.generator)  # BatchNorm statistics differ per rank: one EMA on every rank
         images = state.step * config.batch_size
         state.ema.update(state.generator, beta_for(config.ema_kimg * 1000, config.batch_size, images, config.ema_rampup))
-    return {"loss_g": loss_g.detach()}
+    return {"loss_g": loss_g.detach(), **{name: value.detach() for name, value in out.items()}}
 
 
 def train_step(state: TrainState, reals: torch.Tensor, config: TrainConfig, update_g: bool = True,
@@ -141,6 +166,11 @@ def frozen(module: nn.Module) -> Iterator[None]:
         yield
     finally:
         module.requires_grad_(True)
+
+
+def _attribute_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of D's attribute logits against the labels, averaged over images and attributes."""
+    return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
 
 
 def _augmenter(config: TrainConfig, noise: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
