@@ -12,10 +12,11 @@ G is `project` (the latent to 4x4), `blocks` (one 2x upsampling each) and `to_rg
 run by `features`, and `head` (one logit per image). Both take an optional condition c, a float
 tensor (B, K) of labels. Built with `num_attributes` K > 0 they use it (models/conditional.py):
 every BatchNorm of G is conditional, and D's logit gains a projection term <embed(c), the 4x4
-features summed over pixels> (Miyato & Koyama 2018), and with `aux_classifier` an attribute head on
-the 4x4 features: `D(x, c, aux=True)` also returns one logit per attribute. Built with K = 0 (the default) they are the
-paper's models, layer for layer and draw for draw from the RNG, and refuse a c. Until 3bf9834 G
-and D were one nn.Sequential, `main`; `rename_old_keys` lets state dicts of that time load.
+features summed over pixels> (Miyato & Koyama 2018). With `aux_classifier`, D also has an
+attribute head on the 4x4 features: `D(x, c, aux=True)` also returns one logit per attribute.
+Built with K = 0 (the default) they are the paper's models, layer for layer and draw for draw
+from the RNG, and refuse a c. Until 3bf9834 G and D were one nn.Sequential, `main`;
+`rename_old_keys` lets state dicts of that time load.
 """
 
 from __future__ import annotations

@@ -57,10 +57,7 @@ def update_discriminator(state: TrainState, reals: torch.Tensor, labels: torch.T
         with torch.set_grad_enabled(keep_fakes):
             fakes = G(z, labels)
         reals_seen = reals.detach().requires_grad_(lazy_r1)
-        if config.aux_weight:
-            real_logits, real_attributes = D(augment(reals_seen), labels, aux=True)
-        else:
-            real_logits, real_attributes = D(augment(reals_seen), labels), None
+        real_logits, real_attributes = _judge(D, augment(reals_seen), labels, bool(config.aux_weight))
         real_logits = real_logits.float()
         fake_logits = D(augment(fakes.detach()), labels).float()
     loss_d = d_loss(real_logits, fake_logits)
@@ -103,10 +100,7 @@ def update_generator(state: TrainState, fakes: torch.Tensor | None, labels: torc
             if fakes is None:
                 z = torch.randn(batch, config.latent_dim, generator=state.noise, device=state.noise.device)
                 fakes = G(z, labels)
-            if config.aux_weight:
-                logits, attributes = D(augment(fakes), labels, aux=True)
-            else:
-                logits, attributes = D(augment(fakes), labels), None
+            logits, attributes = _judge(D, augment(fakes), labels, bool(config.aux_weight))
             loss_g = g_loss(logits.float())
         total_g = loss_g
         if attributes is not None:
@@ -166,6 +160,12 @@ def frozen(module: nn.Module) -> Iterator[None]:
         yield
     finally:
         module.requires_grad_(True)
+
+
+def _judge(D: nn.Module, images: torch.Tensor, labels: torch.Tensor | None,
+           aux: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """D's logits for `images`, and with `aux` its attribute head's logits (else None)."""
+    return D(images, labels, aux=True) if aux else (D(images, labels), None)
 
 
 def _attribute_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
