@@ -83,15 +83,15 @@ class Projection(nn.Module):
 
 
 class AttributeHead(nn.Module):
-    """D's auxiliary classifier: (B, F) features -> (B, K) logits, one per attribute."""
+    """D's auxiliary classifier: (B, F) features, or a (B, C, H, W) map read whole, -> (B, K) logits, one per attribute."""
 
     def __init__(self, features: int, num_attributes: int) -> None:
         super().__init__()
         self.linear = nn.Linear(features, num_attributes)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """Logits of each attribute being present."""
-        return self.linear(features)
+        """Logits of each attribute being present (flattened here: only when asked for, off D's hot path)."""
+        return self.linear(features.flatten(1))
 
 
 def with_attributes(logits: torch.Tensor, features: torch.Tensor, head: AttributeHead | None,

@@ -199,11 +199,9 @@ class Discriminator(nn.Module):
         With `aux`, also its attribute head's (B, K) logits."""
         h = self.features(x, c)
         logits = self.head(h).flatten()
-        if self.projection is None:  # unconditional: no attribute head either
-            return with_attributes(logits, h, None, aux)
-        if c is not None:
+        if self.projection is not None and c is not None:
             logits = logits + self.projection(h.sum(dim=(2, 3)), c)
-        return with_attributes(logits, h.flatten(1), self.attributes, aux)
+        return with_attributes(logits, h, self.attributes, aux)
 
     def old_names(self) -> dict[str, str]:
         """The submodule paths of 3bf9834's D (`main.<i>`) and their names now."""
