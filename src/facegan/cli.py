@@ -34,6 +34,7 @@ examples:
   facegan train --resume runs/00003-dcgan            continue exactly where it stopped
   facegan train --resume runs/00003-dcgan --epochs 30   ... and train longer
   facegan train --preset fast --data data/celeba64      half-width DCGAN at batch 32: best faces per CPU minute
+  facegan train --preset long --data data/celeba64      fast + DiffAugment, EMA and flips: for runs of hours
   facegan train --preset facegan --data data/celeba64   DCGAN + EMA of G + flips + lr decay
   facegan train --preset wgan-gp --data data/celeba64   WGAN-GP; also lsgan, sngan (ResNet)
 """
@@ -153,7 +154,8 @@ def _add_train_options(train: argparse.ArgumentParser) -> None:
     """`facegan train`'s options: one per TrainConfig field that has help, in the fields' order, and a few of the CLI's own."""
     train.add_argument("--preset", default=None,
                        help="recipe to start from: dcgan (default, the seeds'), fast (half-width models at batch 32: the measured best "
-                            "for short CPU budgets), lsgan, wgan-gp, sngan, or facegan (DCGAN + EMA of G, flips, lr decay; not measured better)")
+                            "for short CPU budgets), long (fast + DiffAugment, an EMA of G and flips: for CPU runs of hours), lsgan, "
+                            "wgan-gp, sngan, or facegan (DCGAN + EMA of G, flips, lr decay; not measured better)")
     train.add_argument("--resume", type=Path, default=None, metavar="RUN", help="continue a run exactly where it stopped")
     groups = {None: train, **{name: train.add_argument_group(title) for name, title in _GROUPS.items()}}
     defaults = TrainConfig()
